@@ -1,0 +1,88 @@
+"""Command line: `python -m fedmrn_mpi [run -c CONFIG.yaml [-o OUT.h5] [key.sub=value ...]]`.
+
+Under `mpirun -n P` every rank runs this same program; rank 0 is the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .config import ConfigError, config_keys, load_config
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedmrn-mpi", description="FedMRN federated learning over MPI.")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="run a federated training job (the default command)",
+                       epilog="config keys: " + ", ".join(config_keys()))
+    r.add_argument("-c", "--config", help="YAML config (default: the built-in main job)")
+    r.add_argument("-o", "--output", help="results file (default: <results_dir>/<run_name>.h5)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys")
+    return p
+
+
+def _rank_from_env() -> int:
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "-h", "--help"):
+        argv = ["run"] + argv
+    args = _parser().parse_args(argv)
+    rank = _rank_from_env()
+    # Config errors are the same on every rank: report once, exit before MPI starts any collective.
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.resume or cfg.checkpoint_every:
+            raise ConfigError("checkpoint/resume (--resume, checkpoint_every > 0) is not available in this "
+                              "version yet; set checkpoint_every=0", key="checkpoint_every")
+        from .algorithms import REGISTRY
+        if cfg.algorithm.name not in REGISTRY:
+            raise ConfigError(f"algorithm.name={cfg.algorithm.name!r} is not implemented in this version yet; "
+                              f"allowed now: {', '.join(REGISTRY)}", key="algorithm.name")
+        if cfg.algorithm.downlink != "model":
+            raise ConfigError(f"algorithm.downlink={cfg.algorithm.downlink!r} is not available in this version "
+                              "yet; allowed now: model", key="algorithm.downlink")
+    except ConfigError as exc:
+        if rank == 0:
+            print(f"fedmrn-mpi: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
+
+    from .runner import STATE, run
+    from .transport import Transport
+
+    transport = Transport()
+
+    def fail(etype, value, tb) -> None:
+        text = "".join(traceback.format_exception(etype, value, tb))
+        sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed in round {STATE.round}: {value}\n{text}")
+        transport.abort(1)
+
+    sys.excepthook = fail
+    try:
+        run(cfg, out, transport, log=print if transport.is_server else (lambda *a, **k: None))
+        transport.barrier()
+    except BaseException:  # noqa: BLE001 - any failure on any rank must end the whole job, never hang it
+        fail(*sys.exc_info())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    transport.finalize()
+    if transport.size > 1:
+        # interpreter teardown of torch takes seconds per rank; everything is written and MPI is finalised
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The one interface every algorithm implements: what a client trains and sends, how the server reads it.
+
+A client round is: `begin` (set up the local problem from the global state) -> the shared SGD loop in
+`fedmrn_mpi.client` calls `materialize` once per step and updates `LocalProblem.trainables` -> `encode`
+(payload bytes). On the server, `decode` turns one payload back into an `Update` that the aggregator averages.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import Config
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Names, shapes and roles of the tensors in the federated state (in state-dict order)."""
+
+    names: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]
+    params: tuple[str, ...]    # trainable parameters
+    buffers: tuple[str, ...]   # floating buffers (BatchNorm running statistics), averaged as values
+    masked: tuple[str, ...]    # Conv*/Linear weights
+
+    def numel(self, name: str) -> int:
+        return int(np.prod(self.shapes[name], dtype=np.int64))
+
+    @property
+    def unmasked(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n not in set(self.masked))
+
+    @property
+    def num_masked(self) -> int:
+        return sum(self.numel(n) for n in self.masked)
+
+    @property
+    def num_unmasked(self) -> int:
+        return sum(self.numel(n) for n in self.unmasked)
+
+
+@dataclass
+class ClientContext:
+    """Everything one client needs for one round; all seeds derive from the root seed (see seeds.py)."""
+
+    round: int
+    client_id: int
+    noise_seed: int      # sent in the header; the server regenerates the noise from it
+    draw_seed: int       # mask / selector draws during training and the final draw
+    num_samples: int
+    num_batches: int     # batches per epoch
+    total_steps: int
+    device: torch.device
+
+
+@dataclass
+class LocalProblem:
+    """The state of one client's local training."""
+
+    trainables: dict[str, torch.Tensor]          # leaf tensors updated by SGD
+    buffers: dict[str, torch.Tensor]             # updated in place by the forward pass (BN statistics)
+    extra: dict = field(default_factory=dict)    # algorithm-specific (noise, frozen weights, ...)
+
+
+@dataclass
+class Update:
+    """A decoded upload: for parameters a delta added to the global weights, for buffers the client's values."""
+
+    deltas: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+
+
+class Algorithm(ABC):
+    """Base class; subclasses set `name` and `algo_id` and implement the four methods."""
+
+    name: str = ""
+    algo_id: int = 0
+
+    def __init__(self, cfg: Config, spec: ModelSpec) -> None:
+        self.cfg = cfg
+        self.spec = spec
+
+    @abstractmethod
+    def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:
+        """Set up local training from the (device-resident) global state."""
+
+    @abstractmethod
+    def materialize(self, problem: LocalProblem, step: int, ctx: ClientContext) -> dict[str, torch.Tensor]:
+        """The parameters used by the forward pass at local step `step` (1-based), differentiable w.r.t. the trainables."""
+
+    @abstractmethod
+    def encode(self, problem: LocalProblem, ctx: ClientContext) -> np.ndarray:
+        """The upload payload (uint8) after the last step."""
+
+    @abstractmethod
+    def decode(self, payload: memoryview, seed: int, global_state: dict[str, torch.Tensor],
+               device: torch.device) -> Update:
+        """Rebuild a client's update from its payload and header seed."""
+
+    def payload_nbytes(self) -> int:
+        """Exact payload size in bytes (the same for every client of a run)."""
+        raise NotImplementedError
+
+    # shared helpers -------------------------------------------------------------------------------------
+    def _float_payload(self, tensors: list[torch.Tensor]) -> np.ndarray:
+        if not tensors:
+            return np.empty(0, dtype=np.uint8)
+        flat = torch.cat([t.detach().reshape(-1).to("cpu", torch.float32) for t in tensors])
+        return flat.numpy().view(np.uint8)
+
+    def _read_floats(self, payload: memoryview, names: list[str] | tuple[str, ...], offset: int,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        arr = np.frombuffer(payload, dtype=np.uint8)
+        for name in names:
+            n = self.spec.numel(name)
+            chunk = arr[offset: offset + 4 * n]
+            if chunk.nbytes != 4 * n:
+                raise ValueError(f"payload too short for tensor {name}")
+            out[name] = torch.from_numpy(chunk.copy().view("<f4")).reshape(self.spec.shapes[name]).to(device)
+            offset += 4 * n
+        return out
+
+    def _values_to_update(self, values: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]) -> tuple[
+            dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        deltas = {n: values[n] - global_state[n] for n in values if n in self.spec.params}
+        buffers = {n: values[n] for n in values if n in self.spec.buffers}
+        return deltas, buffers

@@ -1,0 +1,43 @@
+"""Data layer: on-disk dataset readers, a name registry and federated partitioners."""
+
+from .partition import PARTITION_SCHEMES, classes, dirichlet, iid, partition, partition_stats
+from .readers import (
+    NORMALIZATION,
+    Dataset,
+    DatasetError,
+    DatasetFileError,
+    DatasetFormatError,
+    make_synthetic,
+    read_cifar10,
+    read_cifar100,
+    read_fashion_mnist,
+    read_mnist,
+    read_svhn,
+)
+from .registry import DATASETS, DEFAULT_DIRS, DatasetSpec, dataset_names, get_spec, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DIRS",
+    "NORMALIZATION",
+    "PARTITION_SCHEMES",
+    "Dataset",
+    "DatasetError",
+    "DatasetFileError",
+    "DatasetFormatError",
+    "DatasetSpec",
+    "classes",
+    "dataset_names",
+    "dirichlet",
+    "get_spec",
+    "iid",
+    "load_dataset",
+    "make_synthetic",
+    "partition",
+    "partition_stats",
+    "read_cifar10",
+    "read_cifar100",
+    "read_fashion_mnist",
+    "read_mnist",
+    "read_svhn",
+]

@@ -1,0 +1,88 @@
+"""CNN4 and CNN8 from the FedMRN paper (DESIGN §1.5) and the split into masked / unmasked tensors."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class CNN4(nn.Module):
+    """Four conv3x3(no bias)-BN-ReLU-maxpool2 blocks (32, 64, 128, 256 channels) and a bias-free Linear."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = in_channels, image_size
+        for cout in (32, 64, 128, 256):
+            layers += _block(cin, cout) + [nn.MaxPool2d(2)]
+            cin, size = cout, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class CNN8(nn.Module):
+    """Four pairs of conv3x3(no bias)-BN-ReLU (32..256 channels), maxpool2 after each pair, bias-free Linear."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = in_channels, image_size
+        for cout in (32, 64, 128, 256):
+            layers += _block(cin, cout) + _block(cout, cout) + [nn.MaxPool2d(2)]
+            cin, size = cout, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {"cnn4": CNN4, "cnn8": CNN8}
+
+
+def build_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int) -> nn.Module:
+    """Build a model with the paper's init: conv/linear weights ~ N(0, 0.01^2), drawn from `seed` on the CPU."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a known model; allowed: {', '.join(MODELS)}")
+    model = MODELS[name](in_channels, image_size, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.normal_(0.0, 0.01, generator=gen)
+    return model
+
+
+def is_masked_module(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+
+
+def masked_names(model: nn.Module) -> list[str]:
+    """Names of the weight tensors of Conv*/Linear layers, in state-dict order (the tensors FedMRN masks)."""
+    names = []
+    for mod_name, module in model.named_modules():
+        if is_masked_module(module):
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    order = {n: i for i, n in enumerate(global_state(model))}
+    return sorted(names, key=order.__getitem__)
+
+
+def global_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The federated state: parameters and floating buffers (BN running stats), without step counters."""
+    return OrderedDict(
+        (k, v) for k, v in model.state_dict().items() if v.is_floating_point()
+    )
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters()]

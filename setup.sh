@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up fedmrn_mpi on a fresh machine: the FashionMNIST data (Debian package, where apt exists),
+# a virtual environment in .venv with torch (CPU wheel), an MPI library with its own mpirun, and this package.
+#   bash setup.sh          everything needed to run the main job
+#   bash setup.sh --test   the same plus the test tools
+# Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0; e.g. "torch" with a CUDA index
+# on a GPU machine), MPI_FROM_PYPI=0 to use a site MPI instead of the mpich wheel.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+MPI_FROM_PYPI=${MPI_FROM_PYPI:-1}
+extras="report"
+[ "${1:-}" = "--test" ] && extras="report,test"
+[ "$MPI_FROM_PYPI" = "1" ] && extras="$extras,mpich"
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = "0" ]; then
+    (apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; }) \
+      || echo "setup.sh: could not install dataset-fashion-mnist; set data.dir to your FashionMNIST folder" >&2
+  else
+    echo "setup.sh: run 'sudo apt-get install dataset-fashion-mnist' for the default dataset" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" -e ".[$extras]"
+echo "setup.sh: ready ($("$VENV/bin/python" -c 'import torch, mpi4py; print("torch", torch.__version__, "mpi4py", mpi4py.__version__)'))"

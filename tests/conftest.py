@@ -1,0 +1,44 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(1)
+
+
+def mpirun_path() -> str:
+    """The venv's own launcher (a system Open MPI mpirun with the MPICH library aborts)."""
+    cand = Path(sys.executable).with_name("mpirun")
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("mpirun")
+    if not found:
+        raise RuntimeError("no mpirun found: install the test set-up (bash setup.sh --test)")
+    return found
+
+
+def run_cli(args: list[str], nprocs: int | None, cwd: Path, timeout: float = 240, env_extra: dict | None = None):
+    """Run `python -m fedmrn_mpi ...`, under a real mpirun when nprocs is given."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "fedmrn_mpi", *args]
+    if nprocs is not None:
+        cmd = [mpirun_path(), "-n", str(nprocs), *cmd]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def _run(args, nprocs=None, **kw):
+        return run_cli(args, nprocs, tmp_path, **kw)
+    return _run
