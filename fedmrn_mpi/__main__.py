@@ -1,4 +1,5 @@
-"""Command line: `python -m fedmrn_mpi [run -c CONFIG.yaml [-o OUT.h5] [key.sub=value ...]]`.
+"""Command line: `python -m fedmrn_mpi [run -c CONFIG.yaml [-o OUT.h5] [--resume] [key.sub=value ...]]`,
+`python -m fedmrn_mpi report FILE.h5 [...] [-o DIR]`, `python -m fedmrn_mpi status FILE.h5`.
 
 Under `mpirun -n P` every rank runs this same program; rank 0 is the server.
 """
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="results file (default: <results_dir>/<run_name>.h5)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     r.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys")
+    sub.add_parser("report", help="tables and PNG plots from results files: report A.h5 [B.h5 ...] [-o DIR]")
+    sub.add_parser("status", help="progress of a running or finished job: status RUN.h5")
     return p
 
 
@@ -36,6 +39,12 @@ def _rank_from_env() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from .report import main_report
+        return main_report(argv[1:])
+    if argv and argv[0] == "status":
+        from .status import main_status
+        return main_status(argv[1:])
     if not argv or argv[0] not in ("run", "-h", "--help"):
         argv = ["run"] + argv
     args = _parser().parse_args(argv)
@@ -43,16 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     # Config errors are the same on every rank: report once, exit before MPI starts any collective.
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.resume or cfg.checkpoint_every:
-            raise ConfigError("checkpoint/resume (--resume, checkpoint_every > 0) is not available in this "
-                              "version yet; set checkpoint_every=0", key="checkpoint_every")
         from .algorithms import REGISTRY
         if cfg.algorithm.name not in REGISTRY:
             raise ConfigError(f"algorithm.name={cfg.algorithm.name!r} is not implemented in this version yet; "
                               f"allowed now: {', '.join(REGISTRY)}", key="algorithm.name")
-        if cfg.algorithm.downlink != "model":
-            raise ConfigError(f"algorithm.downlink={cfg.algorithm.downlink!r} is not available in this version "
-                              "yet; allowed now: model", key="algorithm.downlink")
     except ConfigError as exc:
         if rank == 0:
             print(f"fedmrn-mpi: config error: {exc}", file=sys.stderr)
@@ -60,18 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
 
     from .runner import STATE, run
+    from .stop import SIGNALS
     from .transport import Transport
 
     transport = Transport()
 
+    from .checkpoint import CheckpointError
+    from .data.readers import DatasetError
+
     def fail(etype, value, tb) -> None:
-        text = "".join(traceback.format_exception(etype, value, tb))
-        sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed in round {STATE.round}: {value}\n{text}")
+        # a user's mistake (missing file, unusable checkpoint) needs no traceback; anything else does
+        brief = isinstance(value, (CheckpointError, DatasetError))
+        text = "" if brief else "".join(traceback.format_exception(etype, value, tb))
+        where = f"in round {STATE.round}" if STATE.round else "during set-up"
+        sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed {where}: {value}\n{text}")
         transport.abort(1)
 
     sys.excepthook = fail
+    SIGNALS.install()
     try:
-        run(cfg, out, transport, log=print if transport.is_server else (lambda *a, **k: None))
+        status = run(cfg, out, transport, log=print if transport.is_server else (lambda *a, **k: None),
+                     resume=args.resume)
         transport.barrier()
     except BaseException:  # noqa: BLE001 - any failure on any rank must end the whole job, never hang it
         fail(*sys.exc_info())
@@ -80,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     transport.finalize()
     if transport.size > 1:
         # interpreter teardown of torch takes seconds per rank; everything is written and MPI is finalised
-        os._exit(0)
-    return 0
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

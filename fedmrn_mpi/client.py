@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from .algorithms import Algorithm, ClientContext
 from .seeds import derive_seed, torch_generator
+from .stop import SIGNALS
 
 
 @dataclass
@@ -71,6 +72,7 @@ def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.
         for b in range(ctx.num_batches):
             idx = perm[b * batch_size: (b + 1) * batch_size]
             step += 1
+            SIGNALS.check()
             params = algo.materialize(problem, step, ctx)
             logits = functional_call(model, {**params, **problem.buffers}, (transform(x[idx]),))
             loss = F.cross_entropy(logits, y[idx])

@@ -163,6 +163,7 @@ class Config:
     device: str = _opt("auto", "auto = CUDA when present, else the CPU", choices=DEVICES)
     threads: int = _opt(0, "torch threads per rank; 0 = auto", ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)
+    sync_every: int = _opt(10, "downlink=masks: compare model digests across ranks every N rounds", ge=1)
     algorithm: AlgorithmConfig = _section(AlgorithmConfig, "what clients send and how the server aggregates")
     data: DataConfig = _section(DataConfig, "dataset and its split over clients")
     model: ModelConfig = _section(ModelConfig, "network architecture")

@@ -19,6 +19,7 @@ PHASES = ("local_train", "encode", "gather", "decode_aggregate", "broadcast", "e
 _ROUND_FIELDS = {
     "round": np.int64, "test_accuracy": np.float64, "test_loss": np.float64, "train_loss": np.float64,
     "uplink_bytes": np.int64, "downlink_bytes": np.int64, "wall_seconds": np.float64,
+    "resync": np.int64, "digest_mismatches": np.int64,
 }
 
 
@@ -61,11 +62,37 @@ class ResultsWriter:
                          dtype=np.float64, chunks=(64, clients_per_round))
         r = self.f.create_group("ranks")
         rp = r.create_dataset("phase_seconds", shape=(0, world_size, len(PHASES)),
-                              maxshape=(None, world_size, len(PHASES)), dtype=np.float64,
+                              maxshape=(None, None, len(PHASES)), dtype=np.float64, fillvalue=np.nan,
                               chunks=(16, world_size, len(PHASES)))
         _set_attrs(rp, {"phases": list(PHASES)})
         self.f.swmr_mode = True
         self.rows = 0
+
+    @classmethod
+    def reopen(cls, path: str, rows: int, attrs: dict[str, Any], world_size: int) -> "ResultsWriter":
+        """Continue an interrupted run's file: keep its first `rows` rounds, drop anything after them."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.f = h5py.File(path, "a", libver="latest")
+        if "final_model_sha256" in self.f.attrs:  # extending a finished run with more rounds
+            del self.f.attrs["final_model_sha256"]
+        if "model" in self.f:
+            del self.f["model"]
+        history = list(self.f.attrs.get("world_sizes", [int(self.f.attrs["world_size"])]))
+        _set_attrs(self.f, {**attrs, "world_sizes": np.array(history + [world_size], dtype=np.int64)})
+        for group in ("rounds", "clients", "ranks"):
+            for ds in self.f[group].values():
+                if ds.maxshape[0] is None:
+                    ds.resize(rows, axis=0)
+        rp = self.f["ranks/phase_seconds"]
+        if rp.shape[1] < world_size:
+            rp.resize(world_size, axis=1)
+        self.f.swmr_mode = True
+        self.rows = rows
+        return self
+
+    def written_rounds(self) -> int:
+        return self.rows
 
     def _append(self, ds: h5py.Dataset, value: Any) -> None:
         ds.resize(self.rows + 1, axis=0)
@@ -78,7 +105,12 @@ class ResultsWriter:
         self._append(self.f["rounds/phase_seconds"], row["phase_seconds"])
         for name in ("sampled", "rank", "uplink_bytes", "train_loss"):
             self._append(self.f["clients"][name], row["clients_" + name])
-        self._append(self.f["ranks/phase_seconds"], row["rank_phase_seconds"])
+        rp = self.f["ranks/phase_seconds"]
+        table = np.asarray(row["rank_phase_seconds"])
+        if table.shape[0] > rp.shape[1]:
+            rp.resize(table.shape[0], axis=1)
+        rp.resize(self.rows + 1, axis=0)
+        rp[self.rows, : table.shape[0]] = table
         self.rows += 1
         self.f.flush()
 

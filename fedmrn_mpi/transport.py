@@ -3,6 +3,9 @@
 Waits use nonblocking collectives and a sleeping Test() loop: with MPICH a rank blocked in a collective
 busy-spins and starves the ranks that do work when ranks share cores. Every rank uses the same (nonblocking)
 call for a given collective, so blocking and nonblocking calls are never mixed.
+
+Byte buffers of any size move in chunks: MPI counts and displacements are C ints, so no single call moves
+more than `CHUNK_LIMIT` bytes in total (2**31 - 1 by default; tests lower it to exercise the chunking).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from .stop import SIGNALS
 
 try:  # mpi4py is a dependency, but the runner still works in one process without it
     from mpi4py import MPI
@@ -20,17 +26,24 @@ except ImportError:  # pragma: no cover - exercised only on machines without mpi
     MPI = None
 
 POLL_SECONDS = 0.002
+CHUNK_LIMIT = 2**31 - 1
 
 
 @dataclass
 class Gathered:
-    """What the server receives in one round: each rank's bytes."""
+    """What the server receives in one round: each rank's bytes (index = rank) in one buffer."""
 
-    buffers: list[memoryview]     # index = rank
+    buffers: list[memoryview]
+    data: np.ndarray      # all ranks' bytes back to back
+    counts: np.ndarray    # bytes per rank
 
 
 class Transport:
-    """Rank 0 is the server; ranks 1..P-1 run clients. With one process, rank 0 does both."""
+    """Rank 0 is the server; ranks 1..P-1 run clients. With one process, rank 0 does both.
+
+    `on_wait(seconds)`, when set, is told how long each collective waited for other ranks (the barrier in
+    front of it), so callers can book that as idle time and the rest as transfer time.
+    """
 
     def __init__(self, comm=None) -> None:
         if comm is None and MPI is not None:
@@ -38,6 +51,8 @@ class Transport:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
+        self.on_wait: Callable[[float], None] | None = None
+        self.chunk_limit = CHUNK_LIMIT
         if comm is not None and self.size > 1:
             node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
             self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
@@ -57,18 +72,47 @@ class Transport:
     def runs_clients(self) -> bool:
         return self.rank in self.client_ranks
 
+    # waiting ------------------------------------------------------------------------------------------
     def _wait(self, req) -> float:
         t0 = time.perf_counter()
         while not req.Test():
+            SIGNALS.check()  # a second stop signal must not wait for a collective that may never finish
             time.sleep(POLL_SECONDS)
         return time.perf_counter() - t0
 
+    def sync(self) -> float:
+        """Wait until every rank arrives (a nonblocking barrier); reported to `on_wait` as idle time."""
+        if self.size == 1:
+            return 0.0
+        waited = self._wait(self.comm.Ibarrier())
+        if self.on_wait is not None:
+            self.on_wait(waited)
+        return waited
+
+    def _chunk(self) -> int:
+        # per-rank piece so that one gather's total and displacements stay below the int limit
+        return max(1, self.chunk_limit // max(self.size, 1))
+
+    # collectives --------------------------------------------------------------------------------------
     def bcast(self, arr: np.ndarray) -> int:
-        """Broadcast `arr` in place from rank 0; returns the bytes this rank sent (root) or received."""
+        """Broadcast `arr` in place from rank 0 (chunked); returns the bytes this rank sent or received."""
         if self.size == 1:
             return 0
-        self._wait(self.comm.Ibcast(arr, root=0))
+        flat = arr.reshape(-1).view(np.uint8)
+        step = self.chunk_limit
+        for lo in range(0, max(flat.nbytes, 1), step):
+            self._wait(self.comm.Ibcast([flat[lo: lo + step], MPI.BYTE], root=0))
         return arr.nbytes * (self.size - 1) if self.is_server else arr.nbytes
+
+    def bcast_bytes(self, data: np.ndarray | None) -> np.ndarray:
+        """Broadcast a uint8 buffer whose size only rank 0 knows; every rank returns its copy."""
+        n = np.array([data.nbytes if self.is_server else 0], dtype=np.int64)
+        if self.size == 1:
+            return data
+        self._wait(self.comm.Ibcast(n, root=0))
+        buf = data if self.is_server else np.empty(int(n[0]), dtype=np.uint8)
+        self.bcast(buf)
+        return buf
 
     def gather_rows(self, row: np.ndarray) -> np.ndarray | None:
         """Gather one float64 row per rank to rank 0: a (world_size, k) table there, None elsewhere."""
@@ -79,22 +123,45 @@ class Transport:
         self._wait(self.comm.Igather(row, table, root=0))
         return table
 
+    def allgather_rows(self, row: np.ndarray) -> np.ndarray:
+        """Every rank gets every rank's row (same dtype)."""
+        row = np.ascontiguousarray(row).reshape(-1)
+        if self.size == 1:
+            return row[None, :].copy()
+        table = np.empty((self.size, row.size), dtype=row.dtype)
+        self._wait(self.comm.Iallgather(row, table))
+        return table
+
     def gather(self, data: np.ndarray) -> Gathered | None:
-        """Gather every rank's uint8 bytes to rank 0 (sizes first, then Gatherv); None on other ranks."""
+        """Gather every rank's uint8 bytes to rank 0 (sizes, then Gatherv in chunks); None on other ranks."""
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         if self.size == 1:
-            return Gathered([memoryview(data)])
-        counts = np.zeros(self.size, dtype=np.int64)
-        self._wait(self.comm.Igather(np.array([data.nbytes], dtype=np.int64),
-                                     counts if self.is_server else None, root=0))
-        if self.is_server:
-            displs = np.zeros(self.size, dtype=np.int64)
-            np.cumsum(counts[:-1], out=displs[1:])
-            recv = np.empty(int(counts.sum()), dtype=np.uint8)
-            self._wait(self.comm.Igatherv(data, [recv, counts, displs, MPI.BYTE], root=0))
-            return Gathered([memoryview(recv)[int(d): int(d + c)] for d, c in zip(displs, counts)])
-        self._wait(self.comm.Igatherv(data, None, root=0))
-        return None
+            return Gathered([memoryview(data)], data, np.array([data.nbytes], dtype=np.int64))
+        counts = self.allgather_rows(np.array([data.nbytes], dtype=np.int64)).reshape(-1)
+        offsets = np.zeros(self.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        recv = np.empty(int(offsets[-1]), dtype=np.uint8) if self.is_server else None
+        step = self._chunk()
+        pieces = max(1, -(-int(counts.max()) // step))
+        for i in range(pieces):
+            lo = i * step
+            part = np.clip(counts - lo, 0, step)
+            mine = data[lo: lo + int(part[self.rank])]
+            if self.is_server:
+                displs = np.zeros(self.size, dtype=np.int64)
+                np.cumsum(part[:-1], out=displs[1:])
+                tmp = recv if pieces == 1 else np.empty(int(part.sum()), dtype=np.uint8)
+                self._wait(self.comm.Igatherv(mine, [tmp, part, displs, MPI.BYTE], root=0))
+                if pieces > 1:
+                    for r in range(self.size):
+                        if part[r]:
+                            recv[offsets[r] + lo: offsets[r] + lo + part[r]] = tmp[displs[r]: displs[r] + part[r]]
+            else:
+                self._wait(self.comm.Igatherv(mine, None, root=0))
+        if not self.is_server:
+            return None
+        views = [memoryview(recv)[int(offsets[r]): int(offsets[r + 1])] for r in range(self.size)]
+        return Gathered(views, recv, counts)
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -9,7 +9,6 @@ import pytest
 
 from fedmrn_mpi.wire import HEADER_SIZE
 
-TINY = ["-c", "{root}/configs/tiny.yaml"]
 
 
 def _tiny(tmp_path, out, *over):
@@ -45,16 +44,81 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["fedmrn", "fedavg"])
-def test_same_digest_in_one_process_and_under_mpirun_n3(cli, tmp_path, algo):
-    one = cli(_tiny(tmp_path, "a.h5", f"algorithm.name={algo}"))
-    three = cli(_tiny(tmp_path, "b.h5", f"algorithm.name={algo}"), nprocs=3)
-    assert one.returncode == 0 and three.returncode == 0, one.stderr + three.stderr
-    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
-        assert a.attrs["world_size"] == 1 and b.attrs["world_size"] == 3
-        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+def test_results_do_not_depend_on_the_rank_count(cli, tmp_path, algo):
+    """-n 1 (one process), 2, 3 and 5: bit-identical metrics and final model (DESIGN §3.2)."""
+    runs = {}
+    for n in (1, 2, 3, 5):
+        res = cli(_tiny(tmp_path, f"n{n}.h5", f"algorithm.name={algo}"), nprocs=None if n == 1 else n)
+        assert res.returncode == 0, res.stderr
+        runs[n] = h5py.File(tmp_path / f"n{n}.h5", "r")
+    ref = runs[1]
+    print(algo, {n: f.attrs["final_model_sha256"][:16] for n, f in runs.items()})
+    for n, f in runs.items():
+        assert f.attrs["world_size"] == n
+        assert f.attrs["final_model_sha256"] == ref.attrs["final_model_sha256"], n
         for key in ("test_accuracy", "test_loss", "train_loss", "uplink_bytes"):
-            assert np.array_equal(a["rounds/" + key][:], b["rounds/" + key][:]), key
-        assert np.array_equal(a["clients/sampled"][:], b["clients/sampled"][:])
+            assert np.array_equal(f["rounds/" + key][:], ref["rounds/" + key][:], equal_nan=True), (n, key)
+        assert np.array_equal(f["clients/sampled"][:], ref["clients/sampled"][:])
+        assert np.array_equal(f["clients/train_loss"][:], ref["clients/train_loss"][:])
+        # with P-1 < K some ranks train several clients; every sampled client ran on a client rank
+        ranks = f["clients/rank"][:]
+        assert ranks.min() == (0 if n == 1 else 1) and ranks.max() <= n - 1
+    for f in runs.values():
+        f.close()
+
+
+def test_mask_downlink_rebuilds_the_same_model_with_fewer_bytes(cli, tmp_path):
+    model = cli(_tiny(tmp_path, "model.h5", "rounds=3"), nprocs=3)
+    masks = cli(_tiny(tmp_path, "masks.h5", "rounds=3", "algorithm.downlink=masks", "sync_every=2"), nprocs=3)
+    assert model.returncode == 0 and masks.returncode == 0, model.stderr + masks.stderr
+    with h5py.File(tmp_path / "model.h5") as a, h5py.File(tmp_path / "masks.h5") as b:
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+        da, db = a["rounds/downlink_bytes"][:], b["rounds/downlink_bytes"][:]
+        state = 4 * (389_920 + 1920)
+        assert list(da) == [2 * (state + 16)] * 3
+        relay = 4 * (HEADER_SIZE + a.attrs["payload_bytes_per_client"])
+        # round 1 sends the state once; then only the relayed uploads (+ digests on rounds 2 and 3)
+        assert db[0] == 2 * (state + 16 + 8 + relay)
+        assert db[1] == 2 * (16 + 8 + relay + 32) and db[2] == db[1]
+        assert db[1] < da[1] / 3
+        assert list(b["rounds/resync"][:]) == [0, 0, 0]
+
+
+def test_digest_mismatch_triggers_a_full_resync(cli, tmp_path):
+    clean = cli(_tiny(tmp_path, "clean.h5", "rounds=3", "algorithm.downlink=masks", "sync_every=1"), nprocs=3)
+    bad = cli(_tiny(tmp_path, "bad.h5", "rounds=3", "algorithm.downlink=masks", "sync_every=1"), nprocs=3,
+              env_extra={"FEDMRN_MPI_INJECT_FAULT": "2:1:corrupt"})
+    assert clean.returncode == 0 and bad.returncode == 0, clean.stderr + bad.stderr
+    assert "digest differs on rank(s) [2]" in bad.stdout
+    with h5py.File(tmp_path / "clean.h5") as a, h5py.File(tmp_path / "bad.h5") as b:
+        assert list(b["rounds/digest_mismatches"][:]) == [1, 0, 0]
+        assert list(b["rounds/resync"][:]) == [0, 1, 0]
+        assert b["rounds/downlink_bytes"][1] > a["rounds/downlink_bytes"][1]  # the float32 state went down again
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+
+
+def test_chunked_collectives_with_a_lowered_limit(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT, mpirun_path
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for n, limit in ((3, 1000), (4, 7)):
+        res = subprocess.run([mpirun_path(), "-n", str(n), sys.executable,
+                              str(ROOT / "tests" / "mpi_scripts" / "chunked_collectives.py"), str(limit)],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0 and "chunked collectives ok" in res.stdout, res.stdout + res.stderr
+
+
+def test_thousand_clients_fifty_per_round_on_nine_ranks(cli, tmp_path):
+    res = cli(_tiny(tmp_path, "k.h5", "num_clients=1000", "clients_per_round=50", "data.synthetic_train=3000",
+                    "rounds=1", "batch_size=8"), nprocs=9, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "k.h5") as f:
+        ranks = f["clients/rank"][0]
+        assert f["clients/sampled"].shape == (1, 50) and sorted(set(ranks.tolist())) == list(range(1, 9))
+        counts = np.bincount(ranks, minlength=9)[1:]
+        assert counts.max() - counts.min() <= 2  # LPT on equal sizes spreads 50 clients 7/6 over 8 ranks
 
 
 def test_config_error_under_mpirun_exits_nonzero_before_training(cli, tmp_path):
@@ -65,15 +129,15 @@ def test_config_error_under_mpirun_exits_nonzero_before_training(cli, tmp_path):
     assert not (tmp_path / "bad.h5").exists()
 
 
-@pytest.mark.parametrize("kind", ["raise", "kill"])
-def test_failure_on_a_client_rank_ends_the_job_and_keeps_written_rounds(cli, tmp_path, kind):
+@pytest.mark.parametrize("rank,kind", [(2, "raise"), (2, "kill"), (0, "raise")])
+def test_failure_on_any_rank_ends_the_job_and_keeps_written_rounds(cli, tmp_path, rank, kind):
     t0 = time.time()
     res = cli(_tiny(tmp_path, "f.h5", "rounds=4"), nprocs=3, timeout=120,
-              env_extra={"FEDMRN_MPI_INJECT_FAULT": f"2:3:{kind}"})
+              env_extra={"FEDMRN_MPI_INJECT_FAULT": f"{rank}:3:{kind}"})
     assert res.returncode != 0
-    assert time.time() - t0 < 100
+    assert time.time() - t0 < 60
     if kind == "raise":
-        assert "rank 2 failed in round 3" in res.stderr and "fault injected" in res.stderr
+        assert f"rank {rank} failed in round 3" in res.stderr and "fault injected" in res.stderr
     # round 1 was written and flushed before the failure and is readable
     with h5py.File(tmp_path / "f.h5", "r", swmr=True) as f:
         assert f["rounds/round"][0] == 1 and math.isfinite(f["rounds/test_accuracy"][0])

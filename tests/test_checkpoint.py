@@ -1,0 +1,154 @@
+"""Checkpoints, stop signals and --resume (DESIGN §3.4)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, mpirun_path
+from fedmrn_mpi.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints,
+                                   load_checkpoint, save_checkpoint)
+from fedmrn_mpi.stop import EXIT_STOPPED
+
+
+def _args(out, *over):
+    return ["run", "-c", str(ROOT / "configs" / "tiny.yaml"), "-o", str(out), *over]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    return env
+
+
+def _start(args, nprocs, cwd, log):
+    cmd = [mpirun_path(), "-n", str(nprocs), sys.executable, "-m", "fedmrn_mpi", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _rounds_written(path) -> int:
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return int(f["rounds/round"].shape[0])
+    except (OSError, KeyError):
+        return 0
+
+
+def _wait_rounds(path, n, proc, timeout=120):
+    t0 = time.time()
+    while _rounds_written(path) < n:
+        assert proc.poll() is None, "run ended before the signal"
+        assert time.time() - t0 < timeout, "run too slow"
+        time.sleep(0.1)
+
+
+def test_save_keeps_two_newest_atomically_and_falls_back_on_corruption(tmp_path):
+    d = str(tmp_path / "run.ckpt")
+    assert checkpoint_dir(str(tmp_path / "run.h5")) == d
+    st = {"w": torch.arange(6.0).reshape(2, 3)}
+    for r in (2, 4, 6):
+        save_checkpoint(d, r, {"state": st, "pending": {"round": r, "x": np.arange(3)}, "identity": "i"})
+    assert [os.path.basename(p) for p in list_checkpoints(d)] == ["round-000004.pt", "round-000006.pt"]
+    assert not [f for f in os.listdir(d) if ".tmp" in f]
+    ck = load_checkpoint(list_checkpoints(d)[-1])
+    assert ck["round"] == 6 and torch.equal(ck["state"]["w"], st["w"])
+    assert np.array_equal(ck["pending"]["x"], np.arange(3))
+    with open(list_checkpoints(d)[-1], "wb") as fh:
+        fh.write(b"garbage")
+    assert latest_checkpoint(d)["round"] == 4
+    with open(list_checkpoints(d)[0], "wb") as fh:
+        fh.write(b"garbage")
+    with pytest.raises(CheckpointError, match="round-000004.pt"):
+        latest_checkpoint(d)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_signal_checkpoints_and_resume_matches_uninterrupted(cli, tmp_path, sig):
+    over = ["rounds=5", "data.synthetic_train=1600"]
+    ref = cli(_args(tmp_path / "ref.h5", *over))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run.h5"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _start(_args(out, *over), 3, tmp_path, log)
+        _wait_rounds(out, 1, proc)
+        proc.send_signal(sig)  # mpirun forwards it to every rank
+        rc = proc.wait(timeout=120)
+    text = (tmp_path / "log.txt").read_text()
+    assert rc == EXIT_STOPPED, text
+    assert "checkpoint after round" in text and "Abort" not in text
+    stopped_at = _rounds_written(out)
+    assert 1 <= stopped_at < 5
+    with h5py.File(out, "r") as f:
+        assert "final_model_sha256" not in f.attrs
+    res = cli(_args(out, *over, "--resume"), nprocs=2)  # another world size: results do not depend on it
+    assert res.returncode == 0, res.stderr
+    assert "resuming after round" in res.stdout
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+        for key in ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bytes"):
+            assert np.array_equal(a["rounds/" + key][:], b["rounds/" + key][:], equal_nan=True), key
+        assert np.array_equal(a["clients/sampled"][:], b["clients/sampled"][:])
+        assert list(b.attrs["world_sizes"]) == [3, 2]
+
+
+def test_second_signal_stops_within_the_round_and_resume_still_matches(cli, tmp_path):
+    over = ["rounds=4", "data.synthetic_train=2400"]
+    ref = cli(_args(tmp_path / "ref.h5", *over))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run.h5"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _start(_args(out, *over), 3, tmp_path, log)
+        _wait_rounds(out, 1, proc)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        t0 = time.time()
+        proc.send_signal(signal.SIGUSR1)
+        rc = proc.wait(timeout=60)
+    assert time.time() - t0 < 30
+    text = (tmp_path / "log.txt").read_text()
+    assert rc == EXIT_STOPPED, text
+    assert "second signal" in text
+    assert _rounds_written(out) >= 1  # the file is intact and readable
+    res = cli(_args(out, *over, "--resume"), nprocs=3)
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+        assert np.array_equal(a["rounds/test_accuracy"][:], b["rounds/test_accuracy"][:], equal_nan=True)
+
+
+def test_periodic_checkpoints_and_resume_rules(cli, tmp_path):
+    out = tmp_path / "p.h5"
+    res = cli(_args(out, "rounds=5", "checkpoint_every=1"))
+    assert res.returncode == 0, res.stderr
+    ckpts = list_checkpoints(checkpoint_dir(str(out)))
+    assert [os.path.basename(p) for p in ckpts] == ["round-000003.pt", "round-000004.pt"]
+    # finished: --resume has nothing to do
+    again = cli(_args(out, "rounds=5", "--resume"))
+    assert again.returncode == 0 and "already complete" in again.stdout
+    # unfinished file, checkpoint from another configuration: refused, file untouched
+    with h5py.File(out, "a") as f:
+        del f.attrs["final_model_sha256"]
+    bad = cli(_args(out, "rounds=5", "lr=0.2", "--resume"))
+    assert bad.returncode != 0 and "different configuration" in bad.stderr
+    assert _rounds_written(out) == 5
+    # more rounds is allowed: continue from round 4's checkpoint to round 6
+    more = cli(_args(out, "rounds=6", "--resume"))
+    assert more.returncode == 0, more.stderr
+    with h5py.File(out) as f:
+        assert list(f["rounds/round"][:]) == [1, 2, 3, 4, 5, 6] and "final_model_sha256" in f.attrs
+    # no checkpoint for an unfinished file: refused
+    lone = tmp_path / "lone.h5"
+    with h5py.File(lone, "w") as f:
+        f.create_dataset("rounds/round", data=[1])
+    res = cli(_args(lone, "--resume"))
+    assert res.returncode != 0 and "no checkpoint" in res.stderr
+    # nothing at all: --resume starts fresh
+    fresh = cli(_args(tmp_path / "fresh.h5", "--resume"))
+    assert fresh.returncode == 0 and "starting a fresh run" in fresh.stdout
