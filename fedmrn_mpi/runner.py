@@ -307,7 +307,8 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
     flat = FlatState(spec)
     ckdir = checkpoint_dir(out_path)
 
-    hosts = transport.gather_strings(f"{transport.hostname()}|{device}")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    hosts = transport.gather_strings(f"{transport.hostname()}|{device}|{gpu}")
     writer = None
     start = Start()
     pending: dict | None = None
@@ -320,11 +321,14 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
         devices = [s.split("|")[1] for s in hosts]
         attrs = {
             "config_yaml": config_to_yaml(cfg), "config_sha256": config_hash(cfg), "version": __version__,
-            "world_size": world, "algorithm": cfg.algorithm.name, "git_revision": git_revision(),
+            "world_size": world, "world_sizes": np.array([world], dtype=np.int64),
+            "algorithm": cfg.algorithm.name, "git_revision": git_revision(),
             "torch_version": str(torch.__version__), "numpy_version": np.__version__,
             "python_version": platform.python_version(), "mpi_library": mpi_library_version(),
             "hosts": sorted({s.split("|")[0] for s in hosts}), "rank_hosts": [s.split("|")[0] for s in hosts],
-            "rank_devices": devices, "threads_per_rank": su.threads,
+            "rank_devices": devices, "rank_gpu_names": [s.split("|")[2] for s in hosts],
+            "gpu_names": sorted({s.split("|")[2] for s in hosts} - {"none"}) or ["none"],
+            "threads_per_rank": su.threads,
             "num_masked_params": spec.num_masked, "num_unmasked_values": spec.num_unmasked,
             "payload_bytes_per_client": algo.payload_nbytes(),
         }
