@@ -13,38 +13,38 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class CNN4(nn.Module):
+class PaperCNN(nn.Module):
+    """Stages of 32, 64, 128, 256 channels; each stage is `convs_per_stage` conv3x3(no bias)-BN-ReLU blocks and
+    a maxpool2; then a bias-free Linear classifier."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, convs_per_stage: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = in_channels, image_size
+        for cout in (32, 64, 128, 256):
+            for k in range(convs_per_stage):
+                layers += _block(cin if k == 0 else cout, cout)
+            layers.append(nn.MaxPool2d(2))
+            cin, size = cout, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class CNN4(PaperCNN):
     """Four conv3x3(no bias)-BN-ReLU-maxpool2 blocks (32, 64, 128, 256 channels) and a bias-free Linear."""
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin, size = in_channels, image_size
-        for cout in (32, 64, 128, 256):
-            layers += _block(cin, cout) + [nn.MaxPool2d(2)]
-            cin, size = cout, size // 2
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        super().__init__(in_channels, image_size, num_classes, convs_per_stage=1)
 
 
-class CNN8(nn.Module):
+class CNN8(PaperCNN):
     """Four pairs of conv3x3(no bias)-BN-ReLU (32..256 channels), maxpool2 after each pair, bias-free Linear."""
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin, size = in_channels, image_size
-        for cout in (32, 64, 128, 256):
-            layers += _block(cin, cout) + _block(cout, cout) + [nn.MaxPool2d(2)]
-            cin, size = cout, size // 2
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        super().__init__(in_channels, image_size, num_classes, convs_per_stage=2)
 
 
 MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {"cnn4": CNN4, "cnn8": CNN8}

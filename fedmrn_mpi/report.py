@@ -581,18 +581,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main_report(argv: list[str]) -> int:
-    """`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`. Returns the exit code (2 for an unreadable file)."""
+def parse_and_load(parser: argparse.ArgumentParser, argv: list[str], files_of) -> tuple[Any, list[Run]] | int:
+    """Shared front of `report` and `status`: parse `argv`, then read every file before anything is printed
+    or written (a bad file leaves no partial output). Returns (args, runs), or an exit code."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors and -h: return the code so in-process callers keep running
         return int(exc.code or 0)
-    # read every file before printing or writing anything: a bad file leaves no partial output
     try:
-        runs = load_runs(args.files)
+        return args, load_runs(files_of(args))
     except ResultsFileError as exc:
-        print(f"fedmrn-mpi report: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def main_report(argv: list[str]) -> int:
+    """`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`. Returns the exit code (2 for an unreadable file)."""
+    loaded = parse_and_load(_parser(), argv, lambda a: a.files)
+    if isinstance(loaded, int):
+        return loaded
+    args, runs = loaded
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         print(f"fedmrn-mpi report: error: {out_dir}: exists and is not a directory", file=sys.stderr)

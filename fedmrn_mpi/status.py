@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .report import EXIT_ERROR, ResultsFileError, Run, format_duration, load_run
+from .report import Run, format_duration, parse_and_load
 
 ETA_WINDOW = 5  # rounds averaged for seconds per round and the ETA
 
@@ -73,16 +73,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main_status(argv: list[str]) -> int:
     """`fedmrn-mpi status RUN.h5`. Returns the exit code (2 for an unreadable file)."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # usage errors and -h: return the code so in-process callers keep running
-        return int(exc.code or 0)
-    try:
-        run = load_run(args.file)
-    except ResultsFileError as exc:
-        print(f"fedmrn-mpi status: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    print("\n".join(status_lines(run)))
+    loaded = parse_and_load(_parser(), argv, lambda a: [a.file])
+    if isinstance(loaded, int):
+        return loaded
+    print("\n".join(status_lines(loaded[1][0])))
     return 0
 
 

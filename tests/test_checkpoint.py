@@ -40,6 +40,17 @@ def _rounds_written(path) -> int:
         return 0
 
 
+def _reference_and_started_run(cli, tmp_path, over, nprocs=3):
+    """An uninterrupted one-process run of `over`, then the same config started under mpirun (running)."""
+    ref = cli(_args(tmp_path / "ref.h5", *over))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run.h5"
+    log = open(tmp_path / "log.txt", "w")
+    proc = _start(_args(out, *over), nprocs, tmp_path, log)
+    _wait_rounds(out, 1, proc)
+    return out, proc, log
+
+
 def _wait_rounds(path, n, proc, timeout=120):
     t0 = time.time()
     while _rounds_written(path) < n:
@@ -71,12 +82,8 @@ def test_save_keeps_two_newest_atomically_and_falls_back_on_corruption(tmp_path)
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_stop_signal_checkpoints_and_resume_matches_uninterrupted(cli, tmp_path, sig):
     over = ["rounds=5", "data.synthetic_train=1600"]
-    ref = cli(_args(tmp_path / "ref.h5", *over))
-    assert ref.returncode == 0, ref.stderr
-    out = tmp_path / "run.h5"
-    with open(tmp_path / "log.txt", "w") as log:
-        proc = _start(_args(out, *over), 3, tmp_path, log)
-        _wait_rounds(out, 1, proc)
+    out, proc, log = _reference_and_started_run(cli, tmp_path, over)
+    with log:
         proc.send_signal(sig)  # mpirun forwards it to every rank
         rc = proc.wait(timeout=120)
     text = (tmp_path / "log.txt").read_text()
@@ -99,12 +106,8 @@ def test_stop_signal_checkpoints_and_resume_matches_uninterrupted(cli, tmp_path,
 
 def test_second_signal_stops_within_the_round_and_resume_still_matches(cli, tmp_path):
     over = ["rounds=4", "data.synthetic_train=2400"]
-    ref = cli(_args(tmp_path / "ref.h5", *over))
-    assert ref.returncode == 0, ref.stderr
-    out = tmp_path / "run.h5"
-    with open(tmp_path / "log.txt", "w") as log:
-        proc = _start(_args(out, *over), 3, tmp_path, log)
-        _wait_rounds(out, 1, proc)
+    out, proc, log = _reference_and_started_run(cli, tmp_path, over)
+    with log:
         time.sleep(0.3)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(0.2)

@@ -1,6 +1,5 @@
 """The properties of FedMRN's mask training listed at the end of DESIGN §1.3, plus encode/decode."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
