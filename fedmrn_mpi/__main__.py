@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "status":
         from .status import main_status
         return main_status(argv[1:])
+    from .stop import SIGNALS
+    SIGNALS.install()  # before the slow imports: a stop signal during start-up must not kill the rank
     if not argv or argv[0] not in ("run", "-h", "--help"):
         argv = ["run"] + argv
     args = _parser().parse_args(argv)
@@ -63,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
 
     from .runner import STATE, run
-    from .stop import SIGNALS
     from .transport import Transport
 
     transport = Transport()
@@ -80,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         transport.abort(1)
 
     sys.excepthook = fail
-    SIGNALS.install()
     try:
         status = run(cfg, out, transport, log=print if transport.is_server else (lambda *a, **k: None),
                      resume=args.resume)

@@ -20,12 +20,13 @@ from typing import Iterator
 import h5py
 import numpy as np
 import torch
+import yaml
 
 from . import __version__
 from .algorithms import ModelSpec, make_algorithm
 from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints, save_checkpoint
 from .client import make_context, train_client
-from .config import Config, config_hash, config_to_yaml
+from .config import Config, config_from_dict, config_hash, config_to_yaml
 from .data.partition import partition, partition_stats
 from .data.readers import normalize_images
 from .data.registry import load_dataset
@@ -274,6 +275,11 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
             os.remove(old)
         return Start()
     if finished:
+        with h5py.File(out_path, "r") as f:
+            old = config_from_dict(yaml.safe_load(f.attrs["config_yaml"]), source=out_path)
+        if resume_identity(old) != resume_identity(cfg) or old.rounds != cfg.rounds:
+            raise CheckpointError(f"cannot resume: {out_path} is a finished run of a different configuration "
+                                  f"(or another number of rounds); use another output file")
         return Start(complete=True, note=f"{out_path} is already complete; nothing to resume")
     ck = latest_checkpoint(ckdir)
     if ck is None:
@@ -476,7 +482,8 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
             writer.close()
             log(f"fedmrn_mpi: {exc}; run again with --resume to continue", flush=True)
         else:
-            time.sleep(20)  # give rank 0 time to write its checkpoint before the job ends
+            transport.tell_server_urgent()
+            time.sleep(60)  # rank 0 checkpoints and ends the job; this is only the last resort
         transport.abort(EXIT_STOPPED)
 
     if transport.is_server and not start.complete:

@@ -7,9 +7,14 @@ local training loop raise `StopNow`, and rank 0 checkpoints the last completed r
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 EXIT_STOPPED = 75  # sysexits EX_TEMPFAIL: checkpointed, run again with --resume
+# Slurm delivers one stop through several paths at once (batch shell forwarding, the launcher, the step):
+# signals this close to the first one are the same request, not a second one.
+DEBOUNCE_SECONDS = float(os.environ.get("FEDMRN_MPI_SIGNAL_DEBOUNCE", "3"))
 
 
 class StopNow(Exception):
@@ -22,12 +27,19 @@ class StopSignals:
     def __init__(self) -> None:
         self.count = 0
         self.last: int | None = None
+        self.first_at = 0.0
+        self.peer_urgent: int | None = None  # a rank that reported a second signal (see Transport)
 
     def install(self) -> None:
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.count and now - self.first_at < DEBOUNCE_SECONDS:
+            return
+        if not self.count:
+            self.first_at = now
         self.count += 1
         self.last = signum
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .stop import SIGNALS
+from .stop import SIGNALS, StopNow
 
 try:  # mpi4py is a dependency, but the runner still works in one process without it
     from mpi4py import MPI
@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - exercised only on machines without mpi
 
 POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
+TAG_URGENT = 7707  # point-to-point "stop now" from a client rank to rank 0, outside every collective
 
 
 @dataclass
@@ -77,8 +78,16 @@ class Transport:
         t0 = time.perf_counter()
         while not req.Test():
             SIGNALS.check()  # a second stop signal must not wait for a collective that may never finish
+            if self.is_server and self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_URGENT):
+                raise StopNow(f"a second stop signal reached rank "
+                              f"{self.comm.recv(source=MPI.ANY_SOURCE, tag=TAG_URGENT)}")
             time.sleep(POLL_SECONDS)
         return time.perf_counter() - t0
+
+    def tell_server_urgent(self) -> None:
+        """A client rank got a second stop signal: make rank 0 leave its wait and checkpoint."""
+        if self.size > 1 and not self.is_server:
+            self._urgent_req = self.comm.isend(self.rank, dest=0, tag=TAG_URGENT)
 
     def sync(self) -> float:
         """Wait until every rank arrives (a nonblocking barrier); reported to `on_wait` as idle time."""

@@ -3,8 +3,8 @@
 # packages, started as plain background daemons: no systemd), to try and test jobs/*.sbatch.
 # One node by default. FEDMRN_SLURM_NODES=N (N > 1) runs one slurmd per node name on this host (node1 ...
 # nodeN, each on its own port), so multi-node jobs (srun across nodes, mpirun's Slurm launcher) really run.
-# Every node also declares count-only GPUs (GRES gpu without device files), so job scripts that ask for GPUs
-# are scheduled as written; nothing is bound to a real device, so run CPU configs (device=cpu) here.
+# Every node also declares fake GPUs (GRES gpu on dummy device nodes under $FEDMRN_SLURM_DIR/gpu), so job
+# scripts that ask for GPUs are scheduled as written; there is no real GPU: run CPU configs (device=cpu).
 # Needs root (SlurmUser=root, SlurmdUser=root) and Debian/Ubuntu packages. The measured facts behind the
 # settings: /work/shared/notes/slurm-local.md (cred_expire, bf_interval, config_overrides, ...).
 #
@@ -29,7 +29,7 @@
 #   FEDMRN_SLURM_DIR        all state: config, munge key and socket, spool, logs (default /tmp/fedmrn-slurm)
 #   FEDMRN_SLURM_NODES      number of nodes (default 1, named `hostname -s`; N > 1: node1..nodeN)
 #   FEDMRN_SLURM_CPUS       CPUs each node claims (default 16; more than the cores is fine: config_overrides)
-#   FEDMRN_SLURM_GPUS       count-only GPUs each node claims (default 4; 0 = no GRES)
+#   FEDMRN_SLURM_GPUS       fake GPUs each node claims (default 4; 0 = no GRES)
 #   FEDMRN_SLURM_MEM        RealMemory in MB per node (default 90% of MemTotal / nodes)
 #   FEDMRN_SLURMCTLD_PORT   (default 6817)
 #   FEDMRN_SLURMD_PORT      first slurmd port; node i uses FEDMRN_SLURMD_PORT+i-1 (default 6818)
@@ -153,8 +153,19 @@ $grestypes
 NodeName=$NODELIST NodeAddr=127.0.0.1 NodeHostname=$H $port CPUs=$CPUS RealMemory=$mem$gres State=UNKNOWN
 PartitionName=debug Nodes=$NODELIST Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
-  # count-only GPUs (no File=): enough for --gpus*/--gres requests to be scheduled
-  if [ "$GPUS" -gt 0 ]; then echo "NodeName=$NODELIST Name=gpu Count=$GPUS" > "$D/gres.conf"; else rm -f "$D/gres.conf"; fi
+  # Fake GPUs: slurmd counts a gpu only with a File= that is a device node (Count= alone reports 0 and the
+  # node goes INVAL), so make character devices with NVIDIA's major number that nothing ever opens
+  # (a regular file also counts, with an error line per GPU in the log).
+  if [ "$GPUS" -gt 0 ]; then
+    mkdir -p "$D/gpu"
+    local g
+    for g in $(seq 0 $((GPUS - 1))); do
+      [ -e "$D/gpu/nvidia$g" ] || mknod -m 600 "$D/gpu/nvidia$g" c 195 "$g" 2>/dev/null || touch "$D/gpu/nvidia$g"
+    done
+    echo "NodeName=$NODELIST Name=gpu File=$D/gpu/nvidia[0-$((GPUS - 1))]" > "$D/gres.conf"
+  else
+    rm -f "$D/gres.conf"
+  fi
   if [ -f "$D/slurm.conf" ] && cmp -s "$new" "$D/slurm.conf"; then rm -f "$new"; return 0; fi
   mv "$new" "$D/slurm.conf"
   if alive "$D/slurmctld.pid"; then

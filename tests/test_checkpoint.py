@@ -22,7 +22,7 @@ def _args(out, *over):
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEDMRN_MPI_SIGNAL_DEBOUNCE="0.05")
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     return env
 
@@ -110,7 +110,7 @@ def test_second_signal_stops_within_the_round_and_resume_still_matches(cli, tmp_
     with log:
         time.sleep(0.3)
         proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.2)
+        time.sleep(0.3)
         t0 = time.time()
         proc.send_signal(signal.SIGUSR1)
         rc = proc.wait(timeout=60)
@@ -155,3 +155,61 @@ def test_periodic_checkpoints_and_resume_rules(cli, tmp_path):
     # nothing at all: --resume starts fresh
     fresh = cli(_args(tmp_path / "fresh.h5", "--resume"))
     assert fresh.returncode == 0 and "starting a fresh run" in fresh.stdout
+
+
+def test_signals_close_together_are_one_request():
+    from fedmrn_mpi import stop
+    s = stop.StopSignals()
+    s._handler(signal.SIGTERM, None)
+    s._handler(signal.SIGTERM, None)  # the same stop delivered through another path
+    assert s.requested and not s.urgent
+    s.first_at -= stop.DEBOUNCE_SECONDS + 1
+    s._handler(signal.SIGUSR1, None)
+    assert s.urgent
+    with pytest.raises(stop.StopNow, match="SIGUSR1"):
+        s.check()
+
+
+def _rank_pids(out):
+    """(server pid, client pids) of a running job: rank 0 is the process holding the results file open."""
+    server, clients = None, []
+    for pid in subprocess.run(["pgrep", "-f", f"fedmrn_mpi run .* {out}"], capture_output=True,
+                              text=True).stdout.split():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            holds = any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(out) for fd in fds)
+        except OSError:
+            continue
+        if "mpirun" in open(f"/proc/{pid}/cmdline").read():
+            continue
+        if holds:
+            server = int(pid)
+        else:
+            clients.append(int(pid))
+    return server, clients
+
+
+def test_second_signal_on_a_client_rank_only_still_checkpoints(cli, tmp_path):
+    over = ["rounds=4", "data.synthetic_train=2400"]
+    out, proc, log = _reference_and_started_run(cli, tmp_path, over)
+    with log:
+        server, clients = _rank_pids(out)
+        assert server and len(clients) == 2
+        os.kill(clients[0], signal.SIGUSR1)
+        time.sleep(0.3)
+        os.kill(clients[0], signal.SIGUSR1)  # rank 0 never sees a signal: the client must tell it
+        rc = proc.wait(timeout=90)
+    text = (tmp_path / "log.txt").read_text()
+    assert rc == EXIT_STOPPED, text
+    assert "a second stop signal reached rank" in text and "checkpoint after round" in text
+    res = cli(_args(out, *over, "--resume"), nprocs=3)
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+
+
+def test_resume_of_a_finished_run_with_another_config_is_refused(cli, tmp_path):
+    out = tmp_path / "done.h5"
+    assert cli(_args(out, "rounds=1")).returncode == 0
+    res = cli(_args(out, "rounds=1", "lr=0.05", "--resume"))
+    assert res.returncode != 0 and "different configuration" in res.stderr
