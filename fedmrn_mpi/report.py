@@ -522,9 +522,10 @@ def plot_phase_times(runs: Sequence[Run], names: Sequence[str], out: Path) -> No
                                                                        if lab not in phases]
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize="small", loc="upper left",
               bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    # client phases come from the slowest client rank, the rest from rank 0: they overlap in time
-    fig.text(0.01, 0.005, "local_train/encode: slowest client rank; other phases: rank 0. "
-             "They overlap, so a bar can be longer than the wall time.", fontsize="x-small", color="0.3",
+    # the round's critical path (see runner._round_phases); only evaluation overlaps the clients' training
+    fig.text(0.01, 0.005, "local_train/encode: slowest client rank; other phases: rank 0; idle: the rest of the "
+             "round. Rank 0 evaluates while clients train, so a bar can exceed the wall time by that much.",
+             fontsize="x-small", color="0.3",
              ha="left", va="bottom")
     fig.get_layout_engine().set(h_pad=0.12)
     fig.savefig(out)

@@ -521,7 +521,7 @@ def _round_row(rnd: int, sampled: np.ndarray, messages: list, got, down: int, wa
         "round": rnd, "train_loss": float((weights * losses).sum() / weights.sum()),
         "uplink_bytes": int(got.counts.sum()), "downlink_bytes": int(down), "wall_seconds": wall,
         "resync": int(resync), "digest_mismatches": mismatched,
-        "phase_seconds": _round_phases(table),
+        "phase_seconds": _round_phases(table, wall),
         "clients_sampled": sampled, "clients_rank": np.array([by_client[c][0] for c in order]),
         "clients_uplink_bytes": np.array([by_client[c][1].nbytes for c in order]),
         "clients_train_loss": losses, "rank_phase_seconds": table,
@@ -544,11 +544,17 @@ def _progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> s
             f"ETA {_fmt_secs(elapsed / max(rounds_run, 1) * (rounds - r))}")
 
 
-def _round_phases(table: np.ndarray) -> np.ndarray:
-    """One row per round: client phases from the slowest client rank, server phases from rank 0."""
+def _round_phases(table: np.ndarray, wall: float) -> np.ndarray:
+    """The round's critical path: local_train and encode of the slowest client rank, the other phases of
+    rank 0, and idle = the rest of the wall time (so the row adds up to the round's wall time, except where
+    rank 0's evaluation overlapped the clients' training)."""
     row = table[0].copy()
     if table.shape[0] > 1:
+        busy = table[1:, PHASES.index("local_train")] + table[1:, PHASES.index("encode")]
+        slow = 1 + int(np.argmax(busy))
         for p in ("local_train", "encode"):
-            i = PHASES.index(p)
-            row[i] = table[1:, i].max()
+            row[PHASES.index(p)] = table[slow, PHASES.index(p)]
+    idle = PHASES.index("idle")
+    row[idle] = 0.0
+    row[idle] = max(0.0, wall - row.sum())
     return row
