@@ -6,32 +6,30 @@ no client time; the round's results row is written once that evaluation is done.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
 import platform
 import subprocess
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable
 
-import h5py
 import numpy as np
 import torch
-import yaml
 
 from . import __version__
-from .algorithms import ModelSpec, make_algorithm
-from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints, save_checkpoint
+from .algorithms import Algorithm, ModelSpec, make_algorithm
+from .checkpoint import checkpoint_dir, save_checkpoint
 from .client import make_context, train_client
-from .config import Config, config_from_dict, config_hash, config_to_yaml
+from .config import Config, config_hash, config_to_yaml
 from .data.partition import partition, partition_stats
 from .data.readers import normalize_images
 from .data.registry import load_dataset
 from .models import build_model, global_state, masked_names
-from .results import PHASES, ResultsWriter, state_sha256
+from .progress import PhaseTimer, fmt_secs, progress_line, round_phases
+from .results import ResultsWriter, state_sha256
+from .resume import Start, plan_start, resume_identity
 from .schedule import assign_clients, sample_clients
 from .seeds import derive_seed
 from .server import aggregate, evaluate
@@ -40,35 +38,11 @@ from .transport import Transport, mpi_library_version
 from .wire import WireError, decode_messages, encode_message
 
 
-class PhaseTimer:
-    """Seconds per phase for the current round on this rank."""
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - t0
-
-    def take(self, wall: float) -> np.ndarray:
-        """This round's row, then reset. Idle is the wall time outside every named phase: mostly the waits
-        for other ranks in front of each collective (see Transport.sync)."""
-        row = np.array([self.seconds[p] for p in PHASES])
-        row[PHASES.index("idle")] = max(0.0, wall - row.sum())
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-        return row
-
-
 @dataclass
 class RunState:
     """Progress shared with the error handler (which round failed)."""
 
     round: int = 0
-    rows: list = field(default_factory=list)
 
 
 STATE = RunState()
@@ -141,19 +115,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def _fmt_secs(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class FlatState:
     """The global state as one contiguous float32 buffer (what the downlink broadcasts)."""
 
@@ -189,10 +150,10 @@ class Setup:
     threads: int
     model: torch.nn.Module
     spec: ModelSpec
-    algo: object
+    algo: Algorithm
     sizes: np.ndarray
     label_counts: np.ndarray
-    transform: object
+    transform: Callable[[torch.Tensor], torch.Tensor]
     state: dict
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
@@ -238,68 +199,6 @@ def _ranks_text(devices: list[str]) -> str:
             out.append(f"{start}{'' if r - 1 == start else f'-{r - 1}'}:{devices[start]}")
             start = r
     return " ".join(out)
-
-
-def resume_identity(cfg: Config) -> str:
-    """Hash of the keys that decide the model trajectory; schedule/output-only keys may change on resume."""
-    same = dataclasses.replace(cfg, run_name="", results_dir="", device="auto", threads=0, log_every=1,
-                               rounds=1, eval_every=0, checkpoint_every=0, sync_every=1)
-    return config_hash(same)
-
-
-@dataclass
-class Start:
-    """Where rank 0 starts: a fresh run, a resumed one, or one that is already complete."""
-
-    round: int = 1                      # first round to run
-    state: dict | None = None
-    pending: dict | None = None         # last completed round's row, not yet evaluated
-    rows: int = 0                       # rounds already in the results file
-    complete: bool = False
-    note: str = ""
-
-
-def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
-    """Rank 0: decide from the results file and the checkpoints whether and where to resume."""
-    ckdir = checkpoint_dir(out_path)
-    finished = False
-    if os.path.exists(out_path):
-        try:
-            with h5py.File(out_path, "r") as f:
-                finished = "final_model_sha256" in f.attrs
-        except OSError as exc:
-            if resume:
-                raise CheckpointError(f"cannot resume: results file {out_path} is unreadable ({exc})") from exc
-    if not resume:
-        for old in list_checkpoints(ckdir):  # a fresh run must never be resumed from an older run's state
-            os.remove(old)
-        return Start()
-    if finished:
-        with h5py.File(out_path, "r") as f:
-            old = config_from_dict(yaml.safe_load(f.attrs["config_yaml"]), source=out_path)
-        if resume_identity(old) != resume_identity(cfg) or old.rounds != cfg.rounds:
-            raise CheckpointError(f"cannot resume: {out_path} is a finished run of a different configuration "
-                                  f"(or another number of rounds); use another output file")
-        return Start(complete=True, note=f"{out_path} is already complete; nothing to resume")
-    ck = latest_checkpoint(ckdir)
-    if ck is None:
-        if os.path.exists(out_path):
-            raise CheckpointError(f"cannot resume: no checkpoint in {ckdir} for the unfinished results file "
-                                  f"{out_path}; run without --resume to start over (it overwrites the file)")
-        return Start(note=f"--resume: no checkpoint in {ckdir} and no results file yet; starting a fresh run")
-    if ck["identity"] != resume_identity(cfg):
-        raise CheckpointError(f"cannot resume from {ck['path']}: it was written with a different configuration "
-                              f"(only rounds, eval/checkpoint/sync intervals, device, threads and output keys "
-                              f"may change on resume)")
-    if not os.path.exists(out_path):
-        raise CheckpointError(f"cannot resume from {ck['path']}: the results file {out_path} is missing")
-    if ck["round"] > cfg.rounds:
-        raise CheckpointError(f"cannot resume from {ck['path']}: checkpoint is at round {ck['round']} but "
-                              f"rounds={cfg.rounds}")
-    pending = ck.get("pending")
-    return Start(round=ck["round"] + 1, state=ck["state"], pending=pending or None,
-                 rows=ck["round"] - (1 if pending else 0),
-                 note=f"resuming after round {ck['round']} from {ck['path']}")
 
 
 def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: bool = False) -> int:
@@ -368,7 +267,7 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
             row["test_accuracy"] = row["test_loss"] = math.nan
         writer.append_round(row)
         if r % cfg.log_every == 0 or r == cfg.rounds:
-            log(_progress_line(row, cfg.rounds, time.perf_counter() - t_start, r - start.round + 1), flush=True)
+            log(progress_line(row, cfg.rounds, time.perf_counter() - t_start, r - start.round + 1), flush=True)
 
     def checkpoint(why: str) -> None:
         path = save_checkpoint(ckdir, done_round, {
@@ -492,7 +391,7 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
                 finish_row(pending, state)
             digest = writer.finalize(state, {"rounds_completed": cfg.rounds,
                                              "total_seconds": time.perf_counter() - t_start})
-            log(f"done: {cfg.rounds} rounds in {_fmt_secs(time.perf_counter() - t_start)}; "
+            log(f"done: {cfg.rounds} rounds in {fmt_secs(time.perf_counter() - t_start)}; "
                 f"final_model_sha256 {digest}; results in {out_path}", flush=True)
         else:
             writer.close()
@@ -521,40 +420,10 @@ def _round_row(rnd: int, sampled: np.ndarray, messages: list, got, down: int, wa
         "round": rnd, "train_loss": float((weights * losses).sum() / weights.sum()),
         "uplink_bytes": int(got.counts.sum()), "downlink_bytes": int(down), "wall_seconds": wall,
         "resync": int(resync), "digest_mismatches": mismatched,
-        "phase_seconds": _round_phases(table, wall),
+        "phase_seconds": round_phases(table, wall),
         "clients_sampled": sampled, "clients_rank": np.array([by_client[c][0] for c in order]),
         "clients_uplink_bytes": np.array([by_client[c][1].nbytes for c in order]),
         "clients_train_loss": losses, "rank_phase_seconds": table,
     }
 
 
-def _progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> str:
-    r = row["round"]
-    acc = "  --  " if math.isnan(row["test_accuracy"]) else f"{100 * row['test_accuracy']:6.2f}%"
-    loss = "  --  " if math.isnan(row["test_loss"]) else f"{row['test_loss']:.4f}"
-    table = row["rank_phase_seconds"]
-    busy = table[:, PHASES.index("local_train")] + table[:, PHASES.index("encode")]
-    working = sorted(set(np.asarray(row["clients_rank"]).tolist()))  # ranks idle this round (K < P-1) excluded
-    slow = max(working, key=lambda r: busy[r])
-    w = busy[working]
-    spread = (w.max() - w.min()) / w.mean() if w.mean() > 0 else 0.0
-    return (f"round {r:4d}/{rounds}  acc {acc}  loss {loss}  train {row['train_loss']:.4f}  "
-            f"up {_fmt_bytes(row['uplink_bytes'])}  {row['wall_seconds']:.2f} s/round  "
-            f"slowest r{slow} {busy[slow]:.2f} s (spread {100 * spread:.0f}%)  "
-            f"ETA {_fmt_secs(elapsed / max(rounds_run, 1) * (rounds - r))}")
-
-
-def _round_phases(table: np.ndarray, wall: float) -> np.ndarray:
-    """The round's critical path: local_train and encode of the slowest client rank, the other phases of
-    rank 0, and idle = the rest of the wall time (so the row adds up to the round's wall time, except where
-    rank 0's evaluation overlapped the clients' training)."""
-    row = table[0].copy()
-    if table.shape[0] > 1:
-        busy = table[1:, PHASES.index("local_train")] + table[1:, PHASES.index("encode")]
-        slow = 1 + int(np.argmax(busy))
-        for p in ("local_train", "encode"):
-            row[PHASES.index(p)] = table[slow, PHASES.index(p)]
-    idle = PHASES.index("idle")
-    row[idle] = 0.0
-    row[idle] = max(0.0, wall - row.sum())
-    return row

@@ -1,0 +1,80 @@
+"""Per-phase timing of a round and the progress line rank 0 prints."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+from .results import PHASES
+
+
+class PhaseTimer:
+    """Seconds per phase for the current round on this rank."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+    def take(self, wall: float) -> np.ndarray:
+        """This round's row, then reset. Idle is the wall time outside every named phase: mostly the waits
+        for other ranks in front of each collective (see Transport.sync)."""
+        row = np.array([self.seconds[p] for p in PHASES])
+        row[PHASES.index("idle")] = max(0.0, wall - row.sum())
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        return row
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def fmt_secs(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> str:
+    r = row["round"]
+    acc = "  --  " if math.isnan(row["test_accuracy"]) else f"{100 * row['test_accuracy']:6.2f}%"
+    loss = "  --  " if math.isnan(row["test_loss"]) else f"{row['test_loss']:.4f}"
+    table = row["rank_phase_seconds"]
+    busy = table[:, PHASES.index("local_train")] + table[:, PHASES.index("encode")]
+    working = sorted(set(np.asarray(row["clients_rank"]).tolist()))  # ranks idle this round (K < P-1) excluded
+    slow = max(working, key=lambda r: busy[r])
+    w = busy[working]
+    spread = (w.max() - w.min()) / w.mean() if w.mean() > 0 else 0.0
+    return (f"round {r:4d}/{rounds}  acc {acc}  loss {loss}  train {row['train_loss']:.4f}  "
+            f"up {fmt_bytes(row['uplink_bytes'])}  {row['wall_seconds']:.2f} s/round  "
+            f"slowest r{slow} {busy[slow]:.2f} s (spread {100 * spread:.0f}%)  "
+            f"ETA {fmt_secs(elapsed / max(rounds_run, 1) * (rounds - r))}")
+
+
+def round_phases(table: np.ndarray, wall: float) -> np.ndarray:
+    """The round's critical path: local_train and encode of the slowest client rank, the other phases of
+    rank 0, and idle = the rest of the wall time (so the row adds up to the round's wall time, except where
+    rank 0's evaluation overlapped the clients' training)."""
+    row = table[0].copy()
+    if table.shape[0] > 1:
+        busy = table[1:, PHASES.index("local_train")] + table[1:, PHASES.index("encode")]
+        slow = 1 + int(np.argmax(busy))
+        for p in ("local_train", "encode"):
+            row[PHASES.index(p)] = table[slow, PHASES.index(p)]
+    idle = PHASES.index("idle")
+    row[idle] = 0.0
+    row[idle] = max(0.0, wall - row.sum())
+    return row
