@@ -442,17 +442,25 @@ def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def _plot_accuracy(ax: Any, runs: Sequence[Run], names: Sequence[str], x_of, positive_x: bool = False) -> bool:
+    """One line per run: test accuracy (%) at its evaluated rounds against `x_of(run)`. True if any drawn."""
+    drawn = False
+    for i, (r, name, c) in enumerate(zip(runs, names, _colors(len(runs)))):
+        x = np.asarray(x_of(r))
+        idx = np.flatnonzero(np.isfinite(r.test_accuracy))
+        if positive_x:
+            idx = idx[x[idx] > 0]
+        if idx.size:
+            ax.plot(x[idx], 100 * r.test_accuracy[idx], color=c, label=name, **_style(i))
+            drawn = True
+    return drawn
+
+
 def plot_accuracy_vs_round(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
     """Test accuracy at every evaluated round, one line per run."""
     fig = _figure()
     ax = fig.add_subplot()
-    drawn = False
-    for i, (r, name, c) in enumerate(zip(runs, names, _colors(len(runs)))):
-        idx = np.flatnonzero(np.isfinite(r.test_accuracy))
-        if idx.size:
-            ax.plot(r.rounds[idx], 100 * r.test_accuracy[idx], color=c, label=name, **_style(i))
-            drawn = True
-    if drawn:
+    if _plot_accuracy(ax, runs, names, lambda r: r.rounds):
         ax.legend(fontsize="small")
     else:
         _no_data(ax, "no evaluated rounds")
@@ -468,15 +476,8 @@ def plot_accuracy_vs_uplink(runs: Sequence[Run], names: Sequence[str], out: Path
 
     fig = _figure()
     ax = fig.add_subplot()
-    drawn = False
-    for i, (r, name, c) in enumerate(zip(runs, names, _colors(len(runs)))):
-        idx = np.flatnonzero(np.isfinite(r.test_accuracy))
-        cum = np.cumsum(r.uplink_bytes)
-        idx = idx[cum[idx] > 0]  # a log axis cannot show zero bytes
-        if idx.size:
-            ax.plot(cum[idx], 100 * r.test_accuracy[idx], color=c, label=name, **_style(i))
-            drawn = True
-    if drawn:
+    # a log axis cannot show zero bytes: such points are skipped
+    if _plot_accuracy(ax, runs, names, lambda r: np.cumsum(r.uplink_bytes), positive_x=True):
         # powers of two read as round binary sizes (4 MiB, 8 MiB, ...), matching the table's units
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
