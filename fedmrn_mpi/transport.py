@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - exercised only on machines without mpi
 
 POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
+ABORT_GRACE_SECONDS = 1.0
 TAG_URGENT = 7707  # point-to-point "stop now" from a client rank to rank 0, outside every collective
 
 
@@ -181,6 +182,8 @@ class Transport:
         sys.stderr.flush()
         sys.stdout.flush()
         if self.comm is not None and self.size > 1:
+            # the launcher forwards output through pipes; Abort tears them down, so let the message get out
+            time.sleep(ABORT_GRACE_SECONDS)
             self.comm.Abort(code)
         os._exit(code)
 
