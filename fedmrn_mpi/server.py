@@ -31,9 +31,7 @@ def aggregate(algo: Algorithm, messages: list[tuple[int, Message]], global_state
             raise WireError(f"message from rank {rank}, client {h.client_id}, round {round_}: {exc}") from exc
         if not (h.weight > 0):
             raise WireError(f"message from rank {rank}, client {h.client_id}, round {round_}: weight {h.weight} <= 0")
-        for name, t in upd.deltas.items():
-            acc[name].add_(t, alpha=h.weight)
-        for name, t in upd.buffers.items():
+        for name, t in (*upd.deltas.items(), *upd.buffers.items()):
             acc[name].add_(t, alpha=h.weight)
         total += h.weight
     new = {}

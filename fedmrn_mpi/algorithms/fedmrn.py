@@ -19,19 +19,24 @@ from .base import Algorithm, ClientContext, LocalProblem, Update
 _NOISE, _HARD, _SELECT, _FINAL = 0, 1, 2, 3
 
 
+def clipped_ratio(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
+    """clip(u/n, 0, 1) for binary masks, clip(u/n, -1, 1) for signed: both q and the soft value follow from it."""
+    return (u / n).clamp_(0.0 if mask == "binary" else -1.0, 1.0)
+
+
+def probability_from_ratio(c: torch.Tensor, mask: str) -> torch.Tensor:
+    """q from the clipped ratio: c itself (binary), (c + 1) / 2 (signed; equals clip((u/n + 1) / 2, 0, 1))."""
+    return c if mask == "binary" else (c + 1.0).mul_(0.5)
+
+
 def mask_probability(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
     """q: the probability that a mask bit is 1 (binary: keep the noise; signed: +noise)."""
-    r = u / n
-    if mask == "binary":
-        return r.clamp_(0.0, 1.0)
-    return r.add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
+    return probability_from_ratio(clipped_ratio(u, n, mask), mask)
 
 
 def soft_value(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
     """E[Δ] under q: n·q for binary masks, n·clip(u/n, -1, 1) for signed masks."""
-    r = u / n
-    lo = 0.0 if mask == "binary" else -1.0
-    return r.clamp_(lo, 1.0).mul_(n)
+    return clipped_ratio(u, n, mask).mul_(n)
 
 
 def masked_noise(n: torch.Tensor, bits: torch.Tensor, mask: str) -> torch.Tensor:
@@ -80,10 +85,11 @@ class FedMRN(Algorithm):
         """Δ at one local step: each element hard with probability p = hard_share, soft otherwise."""
         mask = self._a.mask
         p = hard_share(step, ctx.total_steps, self._a.training)
-        soft = soft_value(u, n, mask)
+        c = clipped_ratio(u, n, mask)  # one division per step serves both q and the soft value
+        soft = c * n
         if p <= 0.0:
             return soft
-        q = mask_probability(u, n, mask)
+        q = probability_from_ratio(c, mask)
         draw = uniform01(ctx.draw_seed, make_stream(_HARD, index, step), u.shape, u.device)
         hard = masked_noise(n, draw < q, mask)
         if p >= 1.0:
