@@ -35,17 +35,23 @@ class PhaseTimer:
         return row
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+def format_bytes(n: float) -> str:
+    """Binary units: 512 B, 551.5 KiB, 6.0 MiB, 1.23 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}" if abs(n) >= 100 else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+    raise AssertionError("unreachable")
 
 
-def fmt_secs(s: float) -> str:
+def format_duration(s: float) -> str:
+    """45s, 3m05s, 2h03m."""
     s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> str:
@@ -59,9 +65,9 @@ def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> st
     w = busy[working]
     spread = (w.max() - w.min()) / w.mean() if w.mean() > 0 else 0.0
     return (f"round {r:4d}/{rounds}  acc {acc}  loss {loss}  train {row['train_loss']:.4f}  "
-            f"up {fmt_bytes(row['uplink_bytes'])}  {row['wall_seconds']:.2f} s/round  "
+            f"up {format_bytes(row['uplink_bytes'])}  {row['wall_seconds']:.2f} s/round  "
             f"slowest r{slow} {busy[slow]:.2f} s (spread {100 * spread:.0f}%)  "
-            f"ETA {fmt_secs(elapsed / max(rounds_run, 1) * (rounds - r))}")
+            f"ETA {format_duration(elapsed / max(rounds_run, 1) * (rounds - r))}")
 
 
 def round_phases(table: np.ndarray, wall: float) -> np.ndarray:

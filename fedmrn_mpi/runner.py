@@ -27,7 +27,7 @@ from .data.partition import partition, partition_stats
 from .data.readers import normalize_images
 from .data.registry import load_dataset
 from .models import build_model, global_state, masked_names
-from .progress import PhaseTimer, fmt_secs, progress_line, round_phases
+from .progress import PhaseTimer, format_duration, progress_line, round_phases
 from .results import ResultsWriter, state_sha256
 from .resume import Start, plan_start, resume_identity
 from .schedule import assign_clients, sample_clients
@@ -391,7 +391,7 @@ def run(cfg: Config, out_path: str, transport: Transport, log=print, resume: boo
                 finish_row(pending, state)
             digest = writer.finalize(state, {"rounds_completed": cfg.rounds,
                                              "total_seconds": time.perf_counter() - t_start})
-            log(f"done: {cfg.rounds} rounds in {fmt_secs(time.perf_counter() - t_start)}; "
+            log(f"done: {cfg.rounds} rounds in {format_duration(time.perf_counter() - t_start)}; "
                 f"final_model_sha256 {digest}; results in {out_path}", flush=True)
         else:
             writer.close()

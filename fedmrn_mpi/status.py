@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from .report import Run, format_duration, parse_and_load
+from .progress import format_duration
+from .report import Run, parse_and_load
 
 ETA_WINDOW = 5  # rounds averaged for seconds per round and the ETA
 

@@ -14,7 +14,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from fedmrn_mpi.report import format_bytes, format_duration, load_run, main_report
+from fedmrn_mpi.progress import format_bytes, format_duration
+from fedmrn_mpi.report import load_run, main_report
 from fedmrn_mpi.status import main_status
 from fedmrn_mpi.wire import HEADER_SIZE
 
