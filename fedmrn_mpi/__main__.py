@@ -90,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     transport.finalize()
-    if transport.size > 1:
-        # interpreter teardown of torch takes seconds per rank; everything is written and MPI is finalised
-        os._exit(status)
     return status
 
 
