@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import fedmrn_mpi.bits as bits_mod  # noqa: E402
-import fedmrn_mpi.noise as noise_mod  # noqa: E402
-from fedmrn_mpi.bits import pack_bits, unpack_bits  # noqa: E402
-from fedmrn_mpi.noise import NOISE_KINDS, make_stream, noise, random_u32, uniform01  # noqa: E402
+import fedmrn_mpi.rng.bits as bits_mod  # noqa: E402
+import fedmrn_mpi.rng.noise as noise_mod  # noqa: E402
+from fedmrn_mpi.rng.bits import pack_bits, unpack_bits  # noqa: E402
+from fedmrn_mpi.rng.noise import NOISE_KINDS, make_stream, noise, random_u32, uniform01  # noqa: E402
 
 
 def _time(fn: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, float]:

@@ -11,13 +11,11 @@ import time
 
 import torch
 
-from fedmrn_mpi.algorithms import make_algorithm
-from fedmrn_mpi.client import make_context, train_client
+from fedmrn_mpi.algorithms import aggregate, make_algorithm, model_spec
+from fedmrn_mpi.comm.wire import decode_messages, encode_message
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.models import build_model, global_state
-from fedmrn_mpi.runner import model_spec
-from fedmrn_mpi.server import aggregate
-from fedmrn_mpi.wire import decode_messages, encode_message
+from fedmrn_mpi.training import LocalTraining, train_client
 
 
 def main() -> None:
@@ -57,10 +55,10 @@ def main() -> None:
             return _T()
 
         msgs = []
+        local = LocalTraining(root_seed=1, lr=0.1, batch_size=64, local_epochs=1)
         for cid in range(args.clients):
-            ctx = make_context(1, 1, cid, args.samples, 64, 1, dev)
-            res = train_client(model, algo, state, x, y, ctx, root_seed=1, lr=0.1, batch_size=64, local_epochs=1,
-                               weighting="samples", timer=timer)
+            ctx = local.context(1, cid, args.samples, dev)
+            res = train_client(model, algo, state, x, y, ctx, local, timer=timer)
             buf = encode_message(algo.algo_id, 1, cid, res.seed, res.weight, res.train_loss, res.payload)
             msgs += [(1, m) for m in decode_messages(buf, rank=1, round_=1, algo_id=algo.algo_id)]
         t0 = time.perf_counter()

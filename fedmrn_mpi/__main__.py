@@ -11,12 +11,11 @@ import os
 import sys
 import traceback
 
-from .config import ConfigError, config_keys, load_config
-
 EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .config import config_keys
     p = argparse.ArgumentParser(prog="fedmrn-mpi", description="FedMRN federated learning over MPI.")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run a federated training job (the default command)",
@@ -39,14 +38,16 @@ def _rank_from_env() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # report and status read HDF5 only: dispatch before anything imports torch
     if argv and argv[0] == "report":
         from .report import main_report
         return main_report(argv[1:])
     if argv and argv[0] == "status":
-        from .status import main_status
+        from .report import main_status
         return main_status(argv[1:])
-    from .stop import SIGNALS
+    from .run.stop import SIGNALS
     SIGNALS.install()  # before the slow imports: a stop signal during start-up must not kill the rank
+    from .config import ConfigError, load_config
     if not argv or argv[0] not in ("run", "-h", "--help"):
         argv = ["run"] + argv
     args = _parser().parse_args(argv)
@@ -54,29 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     # Config errors are the same on every rank: report once, exit before MPI starts any collective.
     try:
         cfg = load_config(args.config, args.overrides)
-        from .algorithms import REGISTRY
-        if cfg.algorithm.name not in REGISTRY:
-            raise ConfigError(f"algorithm.name={cfg.algorithm.name!r} is not implemented in this version yet; "
-                              f"allowed now: {', '.join(REGISTRY)}", key="algorithm.name")
     except ConfigError as exc:
         if rank == 0:
             print(f"fedmrn-mpi: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
 
-    from .runner import STATE, run
-    from .transport import Transport
+    from .comm import Transport
+    from .data.readers import DatasetError
+    from .run import CURRENT_ROUND, run
+    from .run.checkpoint import CheckpointError
 
     transport = Transport()
-
-    from .checkpoint import CheckpointError
-    from .data.readers import DatasetError
 
     def fail(etype, value, tb) -> None:
         # a user's mistake (missing file, unusable checkpoint) needs no traceback; anything else does
         brief = isinstance(value, (CheckpointError, DatasetError))
         text = "" if brief else "".join(traceback.format_exception(etype, value, tb))
-        where = f"in round {STATE.round}" if STATE.round else "during set-up"
+        where = f"in round {CURRENT_ROUND[0]}" if CURRENT_ROUND[0] else "during set-up"
         sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed {where}: {value}\n{text}")
         transport.abort(1)
 

@@ -27,15 +27,10 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "ALGORITHMS",
-    "DATASETS",
     "DEFAULT_SIGMA",
     "DEVICES",
     "DOWNLINKS",
     "MASKS",
-    "MODELS",
-    "NOISES",
-    "PARTITIONS",
     "TRAININGS",
     "WEIGHTINGS",
     "AlgorithmConfig",
@@ -43,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "allowed",
     "apply_overrides",
     "config_from_dict",
     "config_hash",
@@ -53,23 +49,47 @@ __all__ = [
     "load_config",
 ]
 
-# Allowed values. Other modules import these; the runner decides which algorithms it implements.
-ALGORITHMS: tuple[str, ...] = ("fedmrn", "fedavg", "signsgd", "qsgd", "topk", "eden", "fedpm")
+# Allowed values of the keys that have no registry of their own.
 MASKS: tuple[str, ...] = ("binary", "signed")
-NOISES: tuple[str, ...] = ("uniform", "gaussian", "rademacher")
 TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic")
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
-DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic")
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "classes")
-MODELS: tuple[str, ...] = ("cnn4", "cnn8")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 # DESIGN §1.2: one absolute sigma for all layers, depending on the mask kind.
 DEFAULT_SIGMA: dict[str, float] = {"binary": 0.01, "signed": 0.005}
 
-# Only for the cross-field check of `data.classes_per_client`; synthetic is left to the data module.
-_NUM_CLASSES: dict[str, int] = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+
+# Names with a registry come from it, so a name is accepted exactly when it is implemented. The registries are
+# imported on first use: importing this module stays light, and validating a config is what needs them.
+def _algorithm_names() -> tuple[str, ...]:
+    from .algorithms import REGISTRY
+    return tuple(REGISTRY)
+
+
+def _noise_names() -> tuple[str, ...]:
+    from .rng.noise import NOISE_KINDS
+    return tuple(NOISE_KINDS)
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from .data.registry import DATASETS
+    return tuple(DATASETS)
+
+
+def _partition_names() -> tuple[str, ...]:
+    from .data.partition import PARTITION_SCHEMES
+    return tuple(PARTITION_SCHEMES)
+
+
+def _model_names() -> tuple[str, ...]:
+    from .models import MODELS
+    return tuple(MODELS)
+
+
+def _num_classes(dataset: str) -> int:
+    from .data.registry import get_spec
+    return get_spec(dataset).num_classes
 
 
 class ConfigError(ValueError):
@@ -85,16 +105,19 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------- schema
 
 
+Choices = "tuple[str, ...] | typing.Callable[[], tuple[str, ...]]"
+
+
 def _opt(
     default: Any,
     help: str,
     *,
-    choices: tuple[str, ...] | None = None,
+    choices: Choices | None = None,
     ge: float | None = None,
     gt: float | None = None,
     lt: float | None = None,
 ) -> Any:
-    """A leaf field with its validation rules in metadata."""
+    """A leaf field with its validation rules in metadata (`choices`: a tuple, or a registry function)."""
     return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt})
 
 
@@ -106,9 +129,9 @@ def _section(cls: type, help: str) -> Any:
 class AlgorithmConfig:
     """What clients compute and send, and how the server aggregates (DESIGN §1, §2)."""
 
-    name: str = _opt("fedmrn", "federated algorithm", choices=ALGORITHMS)
+    name: str = _opt("fedmrn", "federated algorithm", choices=_algorithm_names)
     mask: str = _opt("binary", "FedMRN mask values: {0,1} or {-1,+1}", choices=MASKS)
-    noise: str = _opt("uniform", "distribution of the random noise", choices=NOISES)
+    noise: str = _opt("uniform", "distribution of the random noise", choices=_noise_names)
     sigma: float | None = _opt(None, "noise scale; null = 0.01 for binary, 0.005 for signed masks", gt=0)
     training: str = _opt("psm", "mask training: progressive / always / post-training masking",
                          choices=TRAININGS)
@@ -127,10 +150,10 @@ class AlgorithmConfig:
 class DataConfig:
     """Dataset and its split over clients (DESIGN §3.5)."""
 
-    name: str = _opt("fashion_mnist", "dataset", choices=DATASETS)
+    name: str = _opt("fashion_mnist", "dataset", choices=_dataset_names)
     dir: str | None = _opt(None, "dataset directory; null = the dataset's default location")
     partition: str = _opt("iid", "split over clients: label skew or fixed classes",
-                          choices=PARTITIONS)
+                          choices=_partition_names)
     alpha: float = _opt(0.3, "Dirichlet concentration (partition=dirichlet)", gt=0)
     classes_per_client: int = _opt(3, "classes each client holds (partition=classes)", ge=1)
     synthetic_train: int = _opt(2000, "training samples of the synthetic dataset", ge=1)
@@ -141,7 +164,7 @@ class DataConfig:
 class ModelConfig:
     """Network architecture (DESIGN §1.5)."""
 
-    name: str = _opt("cnn4", "network", choices=MODELS)
+    name: str = _opt("cnn4", "network", choices=_model_names)
 
 
 @dataclass(frozen=True)
@@ -161,7 +184,8 @@ class Config:
     eval_every: int = _opt(4, "evaluate every N rounds; 0 = only after the last round", ge=0)
     checkpoint_every: int = _opt(0, "checkpoint every N rounds; 0 = off", ge=0)
     device: str = _opt("auto", "auto = CUDA when present, else the CPU", choices=DEVICES)
-    threads: int = _opt(0, "torch threads per rank; 0 = auto", ge=0)
+    threads: int = _opt(1, "torch threads per rank; 0 = cores/ranks per node (faster alone, but results then "
+                           "depend on the rank count)", ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)
     sync_every: int = _opt(10, "downlink=masks: compare model digests across ranks every N rounds", ge=1)
     algorithm: AlgorithmConfig = _section(AlgorithmConfig, "what clients send and how the server aggregates")
@@ -315,7 +339,7 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
     else:  # pragma: no cover - schema bug, not user error
         raise TypeError(f"unsupported field type {tp!r} for {key}")
 
-    choices = ctx.choices.get(key, meta.get("choices"))
+    choices = allowed(key, ctx.choices)
     if choices is not None and value not in choices:
         close = _suggest(value, choices)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -327,6 +351,18 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
                  f"< {_bound_text(lt)}" if lt is not None else ""]
         raise ctx.error(key, f"{value!r} is out of range; allowed: {' and '.join(p for p in parts if p)}")
     return value
+
+
+def allowed(key: str, override: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...] | None:
+    """The allowed values of dotted `key` (from its registry where it has one), or None if any value goes."""
+    if override and key in override:
+        return tuple(override[key])
+    section, _, leaf = key.rpartition(".")
+    cls: type = Config
+    for part in section.split(".") if section else ():
+        cls = _hints(cls)[part]
+    choices = _fields(cls)[leaf].metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def _type_name(tp: Any) -> str:
@@ -363,11 +399,10 @@ _CROSS_CHECKS: list[tuple[tuple[str, ...], typing.Callable[[Config], bool], typi
      lambda c: f"clients_per_round={c.clients_per_round} exceeds num_clients={c.num_clients}; "
                f"allowed: 1..{c.num_clients}"),
     (("data.classes_per_client", "data.name"),
-     lambda c: c.data.partition != "classes" or c.data.name not in _NUM_CLASSES
-     or c.data.classes_per_client <= _NUM_CLASSES[c.data.name],
+     lambda c: c.data.partition != "classes" or c.data.classes_per_client <= _num_classes(c.data.name),
      lambda c: f"data.classes_per_client={c.data.classes_per_client} exceeds the "
-               f"{_NUM_CLASSES[c.data.name]} classes of {c.data.name}; "
-               f"allowed: 1..{_NUM_CLASSES[c.data.name]}"),
+               f"{_num_classes(c.data.name)} classes of {c.data.name}; "
+               f"allowed: 1..{_num_classes(c.data.name)}"),
     (("data.synthetic_train", "num_clients"),
      lambda c: c.data.name != "synthetic" or c.data.synthetic_train >= c.num_clients,
      lambda c: f"data.synthetic_train={c.data.synthetic_train} is fewer than num_clients={c.num_clients}; "
@@ -538,6 +573,7 @@ def _emit(obj: Any, cls: type, indent: int, comments: bool, lines: list[str]) ->
         line = f"{pad}{name}: {_scalar(value)}"
         if comments:
             choices = f.metadata.get("choices")
+            choices = choices() if callable(choices) else choices
             line = f"{line:<42} # {f.metadata['help']}" + (f" ({'|'.join(choices)})" if choices else "")
         lines.append(line)
 

@@ -52,7 +52,7 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {"cnn4": CNN4, "cnn8":
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int) -> nn.Module:
     """Build a model with the paper's init: conv/linear weights ~ N(0, 0.01^2), drawn from `seed` on the CPU."""
-    if name not in MODELS:
+    if name not in MODELS:  # the config checks names against MODELS; this guards direct callers
         raise ValueError(f"model.name={name!r} is not a known model; allowed: {', '.join(MODELS)}")
     model = MODELS[name](in_channels, image_size, num_classes)
     gen = torch.Generator().manual_seed(seed)
@@ -82,7 +82,3 @@ def global_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict(
         (k, v) for k, v in model.state_dict().items() if v.is_floating_point()
     )
-
-
-def parameter_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters()]

@@ -1,4 +1,4 @@
-"""Independent NumPy implementation of the fedmrn_mpi.noise generator, used only by the tests.
+"""Independent NumPy implementation of the fedmrn_mpi.rng.noise generator, used only by the tests.
 
 Written from the algorithm in fedmrn_mpi/noise.py's docstring with NumPy's wrapping uint64/uint32 array
 arithmetic (no Python big-int tricks, no signed-constant trick, no import of fedmrn_mpi), so that an error

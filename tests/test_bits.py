@@ -1,4 +1,4 @@
-"""fedmrn_mpi.bits: round trips, equality with numpy.packbits(bitorder="little"), errors."""
+"""fedmrn_mpi.rng.bits: round trips, equality with numpy.packbits(bitorder="little"), errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import fedmrn_mpi.bits as B
-from fedmrn_mpi.bits import pack_bits, packed_nbytes, unpack_bits
+import fedmrn_mpi.rng.bits as B
+from fedmrn_mpi.rng.bits import pack_bits, packed_nbytes, unpack_bits
 
 LENGTHS = [0, 1, 7, 8, 9, 63, 64, 65, 1000, 1000003]
 

@@ -9,11 +9,10 @@ import pytest
 import yaml
 
 from fedmrn_mpi.config import (
-    ALGORITHMS,
-    DATASETS,
     AlgorithmConfig,
     Config,
     ConfigError,
+    allowed,
     apply_overrides,
     config_from_dict,
     config_hash,
@@ -57,7 +56,7 @@ def test_defaults_are_the_main_job() -> None:
     assert (c.run_name, c.results_dir, c.seed) == ("fedmrn-fmnist-cnn4", "results", 1234)
     assert (c.rounds, c.num_clients, c.clients_per_round, c.local_epochs, c.batch_size) == (12, 100, 10, 1, 64)
     assert (c.lr, c.server_lr, c.eval_every, c.checkpoint_every) == (0.1, 1.0, 4, 0)
-    assert (c.device, c.threads, c.log_every) == ("auto", 0, 1)
+    assert (c.device, c.threads, c.log_every) == ("auto", 1, 1)
     a = c.algorithm
     assert (a.name, a.mask, a.noise, a.sigma, a.training, a.weighting, a.downlink) == (
         "fedmrn", "binary", "uniform", None, "psm", "samples", "model")
@@ -74,9 +73,24 @@ def test_effective_sigma() -> None:
     assert load_config(None, ["algorithm.mask=signed"]).algorithm.effective_sigma == 0.005
 
 
-def test_algorithms_tuple() -> None:
-    assert ALGORITHMS == ("fedmrn", "fedavg", "signsgd", "qsgd", "topk", "eden", "fedpm")
-    assert set(DATASETS) == {"fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic"}
+def test_allowed_names_are_the_registries() -> None:
+    """One vocabulary: a name is accepted exactly when its registry implements it."""
+    from fedmrn_mpi.algorithms import REGISTRY
+    from fedmrn_mpi.data.partition import PARTITION_SCHEMES
+    from fedmrn_mpi.data.registry import DATASETS
+    from fedmrn_mpi.models import MODELS
+    from fedmrn_mpi.rng.noise import NOISE_KINDS
+
+    assert allowed("algorithm.name") == tuple(REGISTRY) == ("fedmrn", "fedavg")
+    assert set(allowed("data.name")) == set(DATASETS) == {"fashion_mnist", "mnist", "cifar10", "cifar100", "svhn",
+                                                          "synthetic"}
+    assert allowed("model.name") == tuple(MODELS)
+    assert allowed("algorithm.noise") == tuple(NOISE_KINDS)
+    assert allowed("data.partition") == tuple(PARTITION_SCHEMES)
+    assert allowed("algorithm.mask") == ("binary", "signed") and allowed("rounds") is None
+    # a name that is not implemented is refused like a typo, with the implemented names listed
+    msg = error_of(["algorithm.name=signsgd"])
+    assert "'signsgd' is not allowed" in msg and "fedmrn, fedavg" in msg
 
 
 def test_contract_keys_exist() -> None:
@@ -285,7 +299,7 @@ def test_apply_overrides_revalidates() -> None:
     (["data.alpha=-1"], ["data.alpha", "-1", "> 0"]),
     (["data.classes_per_client=0"], ["data.classes_per_client", "0", ">= 1"]),
     (["algorithm.mask=sgined"], ["algorithm.mask", "'sgined'", "binary, signed", "did you mean 'signed'"]),
-    (["algorithm.name=fedprox"], ["algorithm.name", "'fedprox'", "fedmrn", "fedpm"]),
+    (["algorithm.name=fedprox"], ["algorithm.name", "'fedprox'", "fedmrn, fedavg"]),
     (["algorithm.noise=laplace"], ["algorithm.noise", "laplace", "uniform, gaussian, rademacher"]),
     (["algorithm.training=ste"], ["algorithm.training", "ste", "psm, sm, deterministic"]),
     (["algorithm.weighting=equal"], ["algorithm.weighting", "equal", "samples, batches"]),

@@ -7,12 +7,12 @@ from torch.func import functional_call
 
 from fedmrn_mpi.algorithms import make_algorithm
 from fedmrn_mpi.algorithms.fedmrn import hard_share, soft_value
-from fedmrn_mpi.client import make_context, train_client
+from fedmrn_mpi.training import LocalTraining, train_client
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.models import build_model, global_state
-from fedmrn_mpi.runner import model_spec
-from fedmrn_mpi.server import aggregate
-from fedmrn_mpi.wire import decode_messages, encode_message
+from fedmrn_mpi.algorithms import model_spec
+from fedmrn_mpi.algorithms import aggregate
+from fedmrn_mpi.comm.wire import decode_messages, encode_message
 
 CPU = torch.device("cpu")
 
@@ -23,7 +23,7 @@ def setup(*overrides, total_steps=10):
     spec = model_spec(model)
     algo = make_algorithm(cfg, spec)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
-    ctx = make_context(cfg.seed, 3, 7, 64 * total_steps, 64, 1, CPU)
+    ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
     return cfg, model, spec, algo, state, ctx
 
 
@@ -102,8 +102,7 @@ def test_server_decode_equals_client_delta_and_is_bounded(mask, noise):
     cfg, model, spec, algo, state, ctx = setup(f"algorithm.mask={mask}", f"algorithm.noise={noise}")
     x = torch.randn(ctx.num_samples, 1, 28, 28)
     y = torch.randint(0, 10, (ctx.num_samples,))
-    res = train_client(model, algo, state, x, y, ctx, root_seed=cfg.seed, lr=cfg.lr, batch_size=64,
-                       local_epochs=1, weighting="samples")
+    res = train_client(model, algo, state, x, y, ctx, LocalTraining(cfg.seed, cfg.lr, 64, 1))
     assert res.payload.nbytes == algo.payload_nbytes() == (389_920 + 7) // 8 + 4 * 1920
     msg_bytes = encode_message(algo.algo_id, ctx.round, ctx.client_id, res.seed, res.weight, res.train_loss,
                                res.payload)

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from fedmrn_mpi.models import build_model, global_state, masked_names
-from fedmrn_mpi.runner import model_spec
+from fedmrn_mpi.algorithms import model_spec
 
 
 def _masked_count(model: nn.Module) -> int:

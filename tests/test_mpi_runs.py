@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmrn_mpi.wire import HEADER_SIZE
+from fedmrn_mpi.comm.wire import HEADER_SIZE
 
 
 

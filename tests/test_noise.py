@@ -1,4 +1,4 @@
-"""fedmrn_mpi.noise: agreement with the independent NumPy generator, statistics, determinism, errors."""
+"""fedmrn_mpi.rng.noise: agreement with the independent NumPy generator, statistics, determinism, errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy_noise_ref as ref  # noqa: E402
-from fedmrn_mpi import noise as N  # noqa: E402
+import fedmrn_mpi.rng.noise as N  # noqa: E402
 
 U64MAX = 2**64 - 1
 SEEDS = [0, 1, 12345, 2**63, U64MAX - 1, U64MAX]

@@ -14,10 +14,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from fedmrn_mpi.progress import format_bytes, format_duration
-from fedmrn_mpi.report import load_run, main_report
-from fedmrn_mpi.status import main_status
-from fedmrn_mpi.wire import HEADER_SIZE
+from fedmrn_mpi.report import main_report, main_status
+from fedmrn_mpi.results import format_bytes, format_duration, load_run
+from fedmrn_mpi.comm.wire import HEADER_SIZE
 
 PNGS = ("accuracy_vs_round.png", "accuracy_vs_uplink_bytes.png", "phase_times.png")
 NUM_VALUES = 389_920 + 1920  # cnn4: masked params + unmasked values

@@ -1,6 +1,6 @@
 import numpy as np
 
-from fedmrn_mpi.schedule import assign_clients, sample_clients
+from fedmrn_mpi.training.schedule import assign_clients, sample_clients
 
 
 def test_sampling_is_deterministic_sorted_and_varies_by_round():

@@ -172,8 +172,13 @@ def test_requeue_checkpoints_requeues_and_resumes_to_the_same_model(cluster, tmp
 def test_single_node_and_multi_node_scripts_run_a_tiny_job(cluster, tmp_path):
     # single node, srun (the default launcher) with PMI-2; multi node: 2 nodes, one rank each, the venv's
     # mpirun starting its proxies on both nodes through srun
+    # single node without FEDMRN_DIR: sbatch runs a copy of the script from slurmd's spool directory, which finds
+    # the checkout (and jobs/common.sh) through the submit directory, as documented
+    single_env = job_env(LAUNCHER="srun", OUT=tmp_path / "single.h5")
+    del single_env["FEDMRN_DIR"]
+    assert "FEDMRN_DIR" not in cluster.env
     single = cluster.sbatch("single_node.sbatch", "--ntasks=2", f"--output={tmp_path}/single.out",
-                            env_extra=job_env(LAUNCHER="srun", OUT=tmp_path / "single.h5"))
+                            env_extra=single_env)
     multi = cluster.sbatch("multi_node.sbatch", "--nodes=2", "--ntasks-per-node=1",
                            f"--output={tmp_path}/multi.out",
                            env_extra=job_env(LAUNCHER="mpirun", OUT=tmp_path / "multi.h5"))

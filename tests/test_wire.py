@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedmrn_mpi.wire import HEADER_SIZE, WireError, decode_messages, encode_message
+from fedmrn_mpi.comm.wire import HEADER_SIZE, WireError, decode_messages, encode_message
 
 
 def _msg(client=4, round_=9, payload=None, algo=2):

@@ -1,7 +1,7 @@
 """The one interface every algorithm implements: what a client trains and sends, how the server reads it.
 
 A client round is: `begin` (set up the local problem from the global state) -> the shared SGD loop in
-`fedmrn_mpi.client` calls `materialize` once per step and updates `LocalProblem.trainables` -> `encode`
+`fedmrn_mpi.training.local` calls `materialize` once per step and updates `LocalProblem.trainables` -> `encode`
 (payload bytes). On the server, `decode` turns one payload back into an `Update` that the aggregator averages.
 """
 
@@ -9,42 +9,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import Config
+from .spec import ModelSpec
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Names, shapes and roles of the tensors in the federated state (in state-dict order)."""
-
-    names: tuple[str, ...]
-    shapes: dict[str, tuple[int, ...]]
-    params: tuple[str, ...]    # trainable parameters
-    buffers: tuple[str, ...]   # floating buffers (BatchNorm running statistics), averaged as values
-    masked: tuple[str, ...]    # Conv*/Linear weights
-
-    def numel(self, name: str) -> int:
-        return int(np.prod(self.shapes[name], dtype=np.int64))
-
-    @property
-    def unmasked(self) -> tuple[str, ...]:
-        return tuple(n for n in self.names if n not in set(self.masked))
-
-    @property
-    def num_masked(self) -> int:
-        return sum(self.numel(n) for n in self.masked)
-
-    @property
-    def num_unmasked(self) -> int:
-        return sum(self.numel(n) for n in self.unmasked)
+if TYPE_CHECKING:  # the config layer sits above the algorithms (it takes their names from REGISTRY)
+    from ..config import Config
 
 
 @dataclass
 class ClientContext:
-    """Everything one client needs for one round; all seeds derive from the root seed (see seeds.py)."""
+    """Everything one client needs for one round; all seeds derive from the root seed (see rng/seeds.py)."""
 
     round: int
     client_id: int
@@ -79,7 +57,7 @@ class Algorithm(ABC):
     name: str = ""
     algo_id: int = 0
 
-    def __init__(self, cfg: Config, spec: ModelSpec) -> None:
+    def __init__(self, cfg: "Config", spec: ModelSpec) -> None:
         self.cfg = cfg
         self.spec = spec
 

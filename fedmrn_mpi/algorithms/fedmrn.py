@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bits import pack_bits, packed_nbytes, unpack_bits
-from ..noise import make_stream, noise, uniform01
+from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
+from ..rng.noise import make_stream, noise, uniform01
 from .base import Algorithm, ClientContext, LocalProblem, Update
 
 # Stream purposes: one independent stream per (purpose, tensor index, step).

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from fedmrn_mpi.transport import Transport
+from fedmrn_mpi.comm.transport import Transport
 
 
 def payload(rank: int, n: int) -> np.ndarray:
@@ -20,7 +20,7 @@ def main() -> None:
     lim = t.chunk_limit
     for base in (0, 1, 5, 3 * lim + 1, 20 * lim + 7):
         n = base + 13 * t.rank if base else 0  # ranks send different sizes, some far above the limit
-        got = t.gather(payload(t.rank, n))
+        got = t.gather(payload(t.rank, n), "uplink")
         if t.is_server:
             for r in range(t.size):
                 want = payload(r, base + 13 * r if base else 0)
@@ -28,10 +28,10 @@ def main() -> None:
                     sys.exit(f"gather mismatch from rank {r} at base {base}")
             assert got.data.nbytes == sum(base + 13 * r if base else 0 for r in range(t.size))
         arr = payload(99, base) if t.is_server else np.zeros(base, dtype=np.uint8)
-        t.bcast(arr)
+        t.bcast(arr, "downlink")
         if arr.tobytes() != payload(99, base).tobytes():
             sys.exit(f"bcast mismatch on rank {t.rank} at base {base}")
-        relay = t.bcast_bytes(payload(98, base + 3) if t.is_server else None)
+        relay = t.bcast_bytes(payload(98, base + 3) if t.is_server else None, "downlink")
         if relay.tobytes() != payload(98, base + 3).tobytes():
             sys.exit(f"bcast_bytes mismatch on rank {t.rank} at base {base}")
     t.barrier()

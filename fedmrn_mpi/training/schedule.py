@@ -6,7 +6,7 @@ import heapq
 
 import numpy as np
 
-from .seeds import derive_seed
+from ..rng.seeds import derive_seed
 
 
 def sample_clients(root_seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Per-phase timing of a round and the progress line rank 0 prints."""
+"""Per-phase timing of a round, the round's critical path, and the progress line rank 0 prints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .results import PHASES
+from ..results import PHASES, format_bytes, format_duration
 
 
 class PhaseTimer:
@@ -33,25 +33,6 @@ class PhaseTimer:
         row[PHASES.index("idle")] = max(0.0, wall - row.sum())
         self.seconds = dict.fromkeys(PHASES, 0.0)
         return row
-
-
-def format_bytes(n: float) -> str:
-    """Binary units: 512 B, 551.5 KiB, 6.0 MiB, 1.23 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}" if abs(n) >= 100 else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_duration(s: float) -> str:
-    """45s, 3m05s, 2h03m."""
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> str:

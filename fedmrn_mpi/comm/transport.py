@@ -6,6 +6,13 @@ call for a given collective, so blocking and nonblocking calls are never mixed.
 
 Byte buffers of any size move in chunks: MPI counts and displacements are C ints, so no single call moves
 more than `CHUNK_LIMIT` bytes in total (2**31 - 1 by default; tests lower it to exercise the chunking).
+
+Mechanism only: the transport knows nothing of rounds, signals or algorithms. Callers pass `poll`, called
+while every wait spins (it may raise to leave the wait, e.g. on a stop request), and label each transfer with
+a channel; `traffic` counts every byte this rank sends and receives per channel. Counting is logical
+point-to-point: a broadcast of n bytes is n * (P - 1) sent by the root and n received by each other rank,
+whatever tree the MPI library uses. With one process nothing moves, except that `gather` counts the bytes
+handed from the client role to the server role (the same bytes a multi-rank run sends).
 """
 
 from __future__ import annotations
@@ -18,8 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-from .stop import SIGNALS, StopNow
-
 try:  # mpi4py is a dependency, but the runner still works in one process without it
     from mpi4py import MPI
 except ImportError:  # pragma: no cover - exercised only on machines without mpi4py
@@ -28,7 +33,24 @@ except ImportError:  # pragma: no cover - exercised only on machines without mpi
 POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
 ABORT_GRACE_SECONDS = 1.0
-TAG_URGENT = 7707  # point-to-point "stop now" from a client rank to rank 0, outside every collective
+TAG_URGENT = 7707  # point-to-point note from a client rank to rank 0, outside every collective
+CHANNELS = ("uplink", "downlink", "control")
+
+
+class Traffic:
+    """Bytes this rank sent and received, per channel, since the start."""
+
+    def __init__(self) -> None:
+        self.sent = dict.fromkeys(CHANNELS, 0)
+        self.received = dict.fromkeys(CHANNELS, 0)
+
+    def add(self, channel: str, sent: int = 0, received: int = 0) -> None:
+        self.sent[channel] += int(sent)
+        self.received[channel] += int(received)
+
+    def snapshot(self) -> np.ndarray:
+        """[sent per channel..., received per channel...] as int64 (subtract two snapshots for a period)."""
+        return np.array([self.sent[c] for c in CHANNELS] + [self.received[c] for c in CHANNELS], dtype=np.int64)
 
 
 @dataclass
@@ -43,17 +65,20 @@ class Gathered:
 class Transport:
     """Rank 0 is the server; ranks 1..P-1 run clients. With one process, rank 0 does both.
 
-    `on_wait(seconds)`, when set, is told how long each collective waited for other ranks (the barrier in
-    front of it), so callers can book that as idle time and the rest as transfer time.
+    `poll()`, when set, runs between the tests of every pending request; it may raise to abandon the wait.
+    `on_wait(seconds)`, when set, is told how long each `sync` waited for other ranks, so callers can book that
+    as idle time and the rest of a collective as transfer time.
     """
 
-    def __init__(self, comm=None) -> None:
+    def __init__(self, comm=None, poll: Callable[[], None] | None = None) -> None:
         if comm is None and MPI is not None:
             comm = MPI.COMM_WORLD
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
+        self.poll = poll
         self.on_wait: Callable[[float], None] | None = None
+        self.traffic = Traffic()
         self.chunk_limit = CHUNK_LIMIT
         if comm is not None and self.size > 1:
             node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
@@ -78,17 +103,24 @@ class Transport:
     def _wait(self, req) -> float:
         t0 = time.perf_counter()
         while not req.Test():
-            SIGNALS.check()  # a second stop signal must not wait for a collective that may never finish
-            if self.is_server and self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_URGENT):
-                raise StopNow(f"a second stop signal reached rank "
-                              f"{self.comm.recv(source=MPI.ANY_SOURCE, tag=TAG_URGENT)}")
+            if self.poll is not None:
+                self.poll()  # e.g. a stop request must not wait for a collective that may never finish
             time.sleep(POLL_SECONDS)
         return time.perf_counter() - t0
 
-    def tell_server_urgent(self) -> None:
-        """A client rank got a second stop signal: make rank 0 leave its wait and checkpoint."""
+    def notify_server(self) -> None:
+        """Send rank 0 an out-of-band note carrying this rank's number (seen by `server_notified`)."""
         if self.size > 1 and not self.is_server:
-            self._urgent_req = self.comm.isend(self.rank, dest=0, tag=TAG_URGENT)
+            note = np.array([self.rank], dtype=np.int64)
+            self._note = (note, self.comm.Isend(note, dest=0, tag=TAG_URGENT))
+
+    def server_notified(self) -> int | None:
+        """Rank 0: the rank that sent a note, if one is pending (the note is consumed)."""
+        if self.size == 1 or not self.is_server or not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_URGENT):
+            return None
+        note = np.empty(1, dtype=np.int64)
+        self.comm.Recv(note, source=MPI.ANY_SOURCE, tag=TAG_URGENT)
+        return int(note[0])
 
     def sync(self) -> float:
         """Wait until every rank arrives (a nonblocking barrier); reported to `on_wait` as idle time."""
@@ -104,50 +136,63 @@ class Transport:
         return max(1, self.chunk_limit // max(self.size, 1))
 
     # collectives --------------------------------------------------------------------------------------
-    def bcast(self, arr: np.ndarray) -> int:
-        """Broadcast `arr` in place from rank 0 (chunked); returns the bytes this rank sent or received."""
+    def _count_bcast(self, channel: str, nbytes: int) -> None:
+        if self.is_server:
+            self.traffic.add(channel, sent=nbytes * (self.size - 1))
+        else:
+            self.traffic.add(channel, received=nbytes)
+
+    def bcast(self, arr: np.ndarray, channel: str) -> None:
+        """Broadcast `arr` in place from rank 0 (chunked)."""
         if self.size == 1:
-            return 0
+            return
         flat = arr.reshape(-1).view(np.uint8)
         step = self.chunk_limit
         for lo in range(0, max(flat.nbytes, 1), step):
             self._wait(self.comm.Ibcast([flat[lo: lo + step], MPI.BYTE], root=0))
-        return arr.nbytes * (self.size - 1) if self.is_server else arr.nbytes
+        self._count_bcast(channel, arr.nbytes)
 
-    def bcast_bytes(self, data: np.ndarray | None) -> np.ndarray:
+    def bcast_bytes(self, data: np.ndarray | None, channel: str) -> np.ndarray:
         """Broadcast a uint8 buffer whose size only rank 0 knows; every rank returns its copy."""
-        n = np.array([data.nbytes if self.is_server else 0], dtype=np.int64)
         if self.size == 1:
             return data
-        self._wait(self.comm.Ibcast(n, root=0))
+        n = np.array([data.nbytes if self.is_server else 0], dtype=np.int64)
+        self.bcast(n, channel)
         buf = data if self.is_server else np.empty(int(n[0]), dtype=np.uint8)
-        self.bcast(buf)
+        self.bcast(buf, channel)
         return buf
 
-    def gather_rows(self, row: np.ndarray) -> np.ndarray | None:
+    def gather_rows(self, row: np.ndarray, channel: str = "control") -> np.ndarray | None:
         """Gather one float64 row per rank to rank 0: a (world_size, k) table there, None elsewhere."""
         row = np.ascontiguousarray(row, dtype=np.float64).reshape(-1)
         if self.size == 1:
             return row[None, :].copy()
         table = np.empty((self.size, row.size), dtype=np.float64) if self.is_server else None
         self._wait(self.comm.Igather(row, table, root=0))
+        if self.is_server:
+            self.traffic.add(channel, received=row.nbytes * (self.size - 1))
+        else:
+            self.traffic.add(channel, sent=row.nbytes)
         return table
 
-    def allgather_rows(self, row: np.ndarray) -> np.ndarray:
+    def allgather_rows(self, row: np.ndarray, channel: str) -> np.ndarray:
         """Every rank gets every rank's row (same dtype)."""
         row = np.ascontiguousarray(row).reshape(-1)
         if self.size == 1:
             return row[None, :].copy()
         table = np.empty((self.size, row.size), dtype=row.dtype)
         self._wait(self.comm.Iallgather(row, table))
+        self.traffic.add(channel, sent=row.nbytes * (self.size - 1), received=row.nbytes * (self.size - 1))
         return table
 
-    def gather(self, data: np.ndarray) -> Gathered | None:
-        """Gather every rank's uint8 bytes to rank 0 (sizes, then Gatherv in chunks); None on other ranks."""
+    def gather(self, data: np.ndarray, channel: str) -> Gathered | None:
+        """Gather every rank's uint8 bytes to rank 0 (sizes on the control channel, then Gatherv in chunks);
+        None on other ranks."""
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         if self.size == 1:
+            self.traffic.add(channel, sent=data.nbytes, received=data.nbytes)
             return Gathered([memoryview(data)], data, np.array([data.nbytes], dtype=np.int64))
-        counts = self.allgather_rows(np.array([data.nbytes], dtype=np.int64)).reshape(-1)
+        counts = self.allgather_rows(np.array([data.nbytes], dtype=np.int64), "control").reshape(-1)
         offsets = np.zeros(self.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         recv = np.empty(int(offsets[-1]), dtype=np.uint8) if self.is_server else None
@@ -169,7 +214,9 @@ class Transport:
             else:
                 self._wait(self.comm.Igatherv(mine, None, root=0))
         if not self.is_server:
+            self.traffic.add(channel, sent=data.nbytes)
             return None
+        self.traffic.add(channel, received=int(counts.sum() - counts[self.rank]))
         views = [memoryview(recv)[int(offsets[r]): int(offsets[r + 1])] for r in range(self.size)]
         return Gathered(views, recv, counts)
 
@@ -191,10 +238,9 @@ class Transport:
         return MPI.Get_processor_name() if MPI is not None else os.uname().nodename
 
     def gather_strings(self, text: str) -> list[str] | None:
-        """Small metadata (host, device) to rank 0; not on a hot path, so pickling is fine here."""
-        if self.size == 1:
-            return [text]
-        return self.comm.gather(text, root=0)
+        """Small UTF-8 metadata (host, device) to rank 0, once at set-up; None on other ranks."""
+        got = self.gather(np.frombuffer(text.encode(), dtype=np.uint8), "control")
+        return None if got is None else [bytes(v).decode() for v in got.buffers]
 
     def finalize(self) -> None:
         if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized():

@@ -10,7 +10,7 @@ import h5py
 import yaml
 
 from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints
-from .config import Config, config_from_dict, config_hash
+from ..config import Config, config_from_dict, config_hash
 
 
 def resume_identity(cfg: Config) -> str:

@@ -2,7 +2,9 @@
 
 Slurm sends SIGUSR1 before a time limit (with `--signal`) and SIGTERM on preemption. The first signal asks
 the run to stop at the next round boundary with a checkpoint; a second one stops sooner: wait loops and the
-local training loop raise `StopNow`, and rank 0 checkpoints the last completed round.
+local training loop raise `StopNow`, and rank 0 checkpoints the last completed round. Once a run has
+accepted a stop or finished, `ignore()` makes later signals harmless through finalisation and exit (Python
+restores the default action, which kills the process, only for handlers it installed, not for SIG_IGN).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ EXIT_STOPPED = 75  # sysexits EX_TEMPFAIL: checkpointed, run again with --resume
 # Slurm delivers one stop through several paths at once (batch shell forwarding, the launcher, the step):
 # signals this close to the first one are the same request, not a second one.
 DEBOUNCE_SECONDS = float(os.environ.get("FEDMRN_MPI_SIGNAL_DEBOUNCE", "3"))
+
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class StopNow(Exception):
@@ -31,8 +36,13 @@ class StopSignals:
         self.peer_urgent: int | None = None  # a rank that reported a second signal (see Transport)
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handler)
+
+    def ignore(self) -> None:
+        """From now on stop signals change nothing (the stop is accepted, or the run is over)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
     def _handler(self, signum, frame) -> None:
         now = time.monotonic()

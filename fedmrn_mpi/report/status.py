@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
-from .progress import format_duration
-from .report import Run, parse_and_load
+from ..results import Run, format_duration
+from .front import parse_and_load
 
 ETA_WINDOW = 5  # rounds averaged for seconds per round and the ETA
 
@@ -72,14 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main_status(argv: list[str]) -> int:
+def main_status(argv: Sequence[str]) -> int:
     """`fedmrn-mpi status RUN.h5`. Returns the exit code (2 for an unreadable file)."""
     loaded = parse_and_load(_parser(), argv, lambda a: [a.file])
     if isinstance(loaded, int):
         return loaded
     print("\n".join(status_lines(loaded[1][0])))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_status(sys.argv[1:]))

@@ -1,0 +1,51 @@
+"""`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`: a summary table of results files and PNG plots (DESIGN §3.4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .front import EXIT_ERROR, parse_and_load
+from .plots import write_plots
+from .repro import repro_warning
+from .scaling import scaling_groups
+from .table import scaling_table, summary_table
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedmrn-mpi report",
+                                description="Summarise fedmrn_mpi results files: a table on stdout, PNG plots "
+                                            "with -o.")
+    p.add_argument("files", nargs="+", metavar="FILE.h5", help="results files (finished or still running)")
+    p.add_argument("-o", "--output-dir", metavar="DIR", help="write PNG plots into DIR (created if missing)")
+    return p
+
+
+def main_report(argv: Sequence[str]) -> int:
+    """`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`. Returns the exit code (2 for an unreadable file)."""
+    loaded = parse_and_load(_parser(), argv, lambda a: a.files)
+    if isinstance(loaded, int):
+        return loaded
+    args, runs = loaded
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        print(f"fedmrn-mpi report: error: {out_dir}: exists and is not a directory", file=sys.stderr)
+        return EXIT_ERROR
+    print(summary_table(runs))
+    warning = repro_warning(runs)
+    if warning:
+        print()
+        print(warning)
+    groups = scaling_groups(runs)
+    if groups:
+        print()
+        print(scaling_table(groups))
+    if out_dir is not None:
+        written = write_plots(runs, out_dir)
+        print()
+        print(f"wrote {len(written)} plot(s):")
+        for w in written:
+            print(f"  {w}")
+    return 0

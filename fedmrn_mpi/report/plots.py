@@ -1,0 +1,181 @@
+"""PNG plots of the `report` command. matplotlib is imported inside the functions, so that `status` and a
+table-only report never load it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..results import PHASES, Run, format_bytes
+from .scaling import ScalingGroup, scaling_groups
+from .table import display_names
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _figure(width: float = 8.0, height: float = 5.0) -> Any:
+    """A Figure on the Agg canvas: headless, and without pyplot's global state (no backend switch in the
+    caller's process, no figures left open)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _style(i: int) -> dict[str, Any]:
+    """Marker and line style for the i-th run: identical runs (same seed and config at another world size)
+    give identical curves, and distinct styles keep every one of them visible."""
+    return {"marker": _MARKERS[i % len(_MARKERS)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)], "ms": 7,
+            "mfc": "none", "mew": 1.5}
+
+
+def _byte_tick(x: float, _pos: Any = None) -> str:
+    return format_bytes(x).replace(".00 ", " ").replace(".0 ", " ")
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _plot_accuracy(ax: Any, runs: Sequence[Run], names: Sequence[str], x_of: Callable[[Run], np.ndarray],
+                   positive_x: bool = False) -> bool:
+    """One line per run: test accuracy (%) at its evaluated rounds against `x_of(run)`. True if any drawn."""
+    drawn = False
+    for i, (r, name, c) in enumerate(zip(runs, names, _colors(len(runs)))):
+        x = np.asarray(x_of(r))
+        idx = np.flatnonzero(np.isfinite(r.test_accuracy))
+        if positive_x:
+            idx = idx[x[idx] > 0]
+        if idx.size:
+            ax.plot(x[idx], 100 * r.test_accuracy[idx], color=c, label=name, **_style(i))
+            drawn = True
+    return drawn
+
+
+def plot_accuracy_vs_round(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
+    """Test accuracy at every evaluated round, one line per run."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    if _plot_accuracy(ax, runs, names, lambda r: r.rounds):
+        ax.legend(fontsize="small")
+    else:
+        _no_data(ax, "no evaluated rounds")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(title="Test accuracy vs round", xlabel="round", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.savefig(out)
+
+
+def plot_accuracy_vs_uplink(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
+    """Test accuracy against the cumulative uplink bytes (all clients) at each evaluated round."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    # a log axis cannot show zero bytes: such points are skipped
+    if _plot_accuracy(ax, runs, names, lambda r: np.cumsum(r.uplink_bytes), positive_x=True):
+        # powers of two read as round binary sizes (4 MiB, 8 MiB, ...), matching the table's units
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
+        ax.xaxis.set_major_formatter(FuncFormatter(_byte_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize="small")
+    else:
+        _no_data(ax, "no evaluated rounds")
+    ax.set(title="Test accuracy vs cumulative uplink (all clients, headers included)",
+           xlabel="cumulative uplink bytes (log scale)", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(out)
+
+
+def plot_phase_times(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
+    """Horizontal stacked bars: mean seconds per round in each phase, with the mean wall time marked."""
+    from matplotlib import colormaps
+
+    # horizontal bars keep long run names readable
+    fig = _figure(9.0, max(3.0, 1.6 + 0.55 * len(runs)))
+    ax = fig.add_subplot()
+    phases = list(runs[0].phases) if runs else list(PHASES)
+    cmap = colormaps["tab10"]
+    y = np.arange(len(runs))
+    left = np.zeros(len(runs))
+    means = [r.mean_phase_seconds if r.mean_phase_seconds is not None and list(r.phases) == phases
+             else np.zeros(len(phases)) for r in runs]
+    for j, ph in enumerate(phases):
+        width = np.array([m[j] for m in means])
+        ax.barh(y, width, left=left, color=cmap(j), label=ph, height=0.6)
+        left += width
+    walls = [r.seconds_per_round for r in runs]
+    wy = [i for i, w in enumerate(walls) if w is not None]
+    if wy:
+        ax.plot([walls[i] for i in wy], wy, linestyle="none", marker="D", ms=7, mfc="white", mec="black",
+                mew=1.5, label="mean wall s/round", zorder=3)
+    ax.set_yticks(y, [n if r.rounds_done else f"{n} (no rounds)" for n, r in zip(names, runs)])
+    ax.invert_yaxis()  # first file on top, as in the table
+    ax.set(title="Mean seconds per round by phase", xlabel="seconds per round")
+    ax.grid(alpha=0.3, axis="x")
+    handles, labels = ax.get_legend_handles_labels()
+    order = [i for i, lab in enumerate(labels) if lab in phases] + [i for i, lab in enumerate(labels)
+                                                                       if lab not in phases]
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    # the round's critical path (as the runner records it); only evaluation overlaps the clients' training
+    fig.text(0.01, 0.005, "local_train/encode: slowest client rank; other phases: rank 0; idle: the rest of the "
+             "round. Rank 0 evaluates while clients train, so a bar can exceed the wall time by that much.",
+             fontsize="x-small", color="0.3",
+             ha="left", va="bottom")
+    fig.get_layout_engine().set(h_pad=0.12)
+    fig.savefig(out)
+
+
+def plot_scaling(groups: Sequence[ScalingGroup], out: Path) -> None:
+    """Speed-up and parallel efficiency vs number of ranks, one line per config group."""
+    fig = _figure(11.0, 4.8)
+    ax_s, ax_e = fig.subplots(1, 2)
+    ticks = sorted({p for g in groups for p in g.world_sizes})
+    for g, c in zip(groups, _colors(len(groups))):
+        ax_s.plot(g.world_sizes, g.speedup, marker="o", color=c, label=g.label)
+        ax_e.plot(g.world_sizes, [100 * e for e in g.efficiency], marker="o", color=c, label=g.label)
+        ideal = [p / g.world_sizes[0] for p in g.world_sizes]
+        ax_s.plot(g.world_sizes, ideal, linestyle="--", color=c, alpha=0.4)
+    ax_s.plot([], [], linestyle="--", color="0.5", label="ideal (linear)")
+    ax_e.axhline(100, linestyle="--", color="0.5", label="ideal (100%)")
+    for ax in (ax_s, ax_e):
+        ax.set_xticks(ticks)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    ax_s.set(title="Speed-up (vs smallest world size)", xlabel="MPI ranks", ylabel="speed-up (x)")
+    ax_e.set(title="Parallel efficiency", xlabel="MPI ranks", ylabel="efficiency (%)")
+    ax_e.set_ylim(0, max(110.0, 105 * max(max(g.efficiency) for g in groups)))
+    fig.suptitle("Scaling by mean wall seconds per round (same config, different world sizes)")
+    fig.savefig(out)
+
+
+def write_plots(runs: Sequence[Run], out_dir: Path) -> list[Path]:
+    """Write every plot that applies into `out_dir` (created if missing); returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = display_names(runs)
+    written: list[Path] = []
+    for fname, fn in (("accuracy_vs_round.png", plot_accuracy_vs_round),
+                      ("accuracy_vs_uplink_bytes.png", plot_accuracy_vs_uplink),
+                      ("phase_times.png", plot_phase_times)):
+        fn(runs, names, out_dir / fname)
+        written.append(out_dir / fname)
+    groups = scaling_groups(runs)
+    if groups:
+        plot_scaling(groups, out_dir / "scaling.png")
+        written.append(out_dir / "scaling.png")
+    return written

@@ -1,0 +1,76 @@
+"""Text tables of the `report` command: the summary of every run and the scaling table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..results import Run, format_bytes
+from .scaling import ScalingGroup
+
+SUMMARY_HEADERS = ("name", "algorithm", "ranks", "rounds", "final acc", "best acc", "uplink", "downlink",
+                   "up bits/param", "s/round")
+
+SUMMARY_NOTES = (
+    "rounds: done/planned.  final acc: last evaluated round (@r).  uplink, downlink: totals over the rounds done.",
+    "up bits/param: 8 x mean upload message per client per round (the whole message, header included) /",
+    "  every value of the model state (num_masked_params + num_unmasked_values); float32 FedAvg is about 32.",
+    "s/round: mean wall seconds per round.",
+)
+
+
+def display_names(runs: Sequence[Run]) -> list[str]:
+    """Run names, falling back to file stems (then paths) where two runs would share a label."""
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [r.name if names.count(r.name) == 1 else r.path.stem for r in runs]
+    if len(set(names)) < len(names):
+        names = [n if names.count(n) == 1 else str(r.path) for n, r in zip(names, runs)]
+    return names
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """Aligned text columns: those in `left` left-aligned, the others right-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def summary_row(run: Run, name: str) -> list[str]:
+    """One table row for `run`."""
+    planned = "?" if run.planned_rounds is None else str(run.planned_rounds)
+    final, best = run.final_eval, run.best_eval
+    bits, spr = run.uplink_bits_per_param, run.seconds_per_round
+    if run.rounds_done == 0:
+        return [name, run.algorithm_label, str(run.world_size or "?"), f"0/{planned}", "no rounds", "--", "--",
+                "--", "--", "--"]
+    return [
+        name, run.algorithm_label, str(run.world_size or "?"), f"{run.rounds_done}/{planned}",
+        f"{_pct(final[1])} @{final[0]}" if final else "--",
+        _pct(best[1]) if best else "--",
+        format_bytes(run.total_uplink_bytes), format_bytes(run.total_downlink_bytes),
+        f"{bits:.3f}" if bits is not None else "--",
+        f"{spr:.2f}" if spr is not None else "--",
+    ]
+
+
+def summary_table(runs: Sequence[Run]) -> str:
+    """The report's main table plus its footnotes."""
+    names = display_names(runs)
+    rows = [summary_row(r, n) for r, n in zip(runs, names)]
+    return render_table(SUMMARY_HEADERS, rows, left=(0, 1)) + "\n\n" + "\n".join(SUMMARY_NOTES)
+
+
+def scaling_table(groups: Sequence[ScalingGroup]) -> str:
+    """Speed-up and efficiency per group and world size."""
+    rows = [[g.label, str(p), f"{s:.2f}", f"{sp:.2f}x", f"{100 * e:.0f}%"]
+            for g in groups for p, s, sp, e in zip(g.world_sizes, g.seconds_per_round, g.speedup, g.efficiency)]
+    return ("Scaling: same config, different world sizes; relative to the smallest world size, by mean s/round.\n"
+            + render_table(("config", "ranks", "s/round", "speed-up", "efficiency"), rows, left=(0,)))

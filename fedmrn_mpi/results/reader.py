@@ -1,0 +1,273 @@
+"""Reads a results file, finished or still being written (SWMR), into a `Run`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES,
+                     PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS, ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN,
+                     WORLD_SIZE)
+
+# the per-round series a Run holds; the writer appends them one after another, so a reader of a live file
+# can briefly see them at different lengths (all are cut to the shortest)
+_SERIES = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "wall_seconds",
+           "control_bytes")
+
+_OPEN_RETRIES = 10
+_OPEN_RETRY_SLEEP = 0.2
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class ResultsFileError(Exception):
+    """A results file that cannot be read; the message names the file."""
+
+
+@dataclass
+class Run:
+    """One results file: identity, per-round series and derived summaries."""
+
+    path: Path
+    run_name: str | None
+    algorithm: str
+    mask: str | None
+    world_size: int | None
+    planned_rounds: int | None
+    config_yaml: str
+    finished: bool
+    final_model_sha256: str | None
+    total_seconds: float | None
+    mtime: float
+    rounds: np.ndarray
+    test_accuracy: np.ndarray
+    test_loss: np.ndarray
+    train_loss: np.ndarray
+    uplink_bytes: np.ndarray
+    downlink_bytes: np.ndarray
+    wall_seconds: np.ndarray
+    phase_seconds: np.ndarray  # rounds x phases
+    phases: list[str]
+    client_uplink_bytes: np.ndarray | None  # rounds x clients_per_round: each upload message, header included
+    clients_per_round: int | None
+    num_values: int | None  # masked params + unmasked values: every value of the model state
+    control_bytes: np.ndarray | None = None  # None for files older than the field; NOT_RECORDED per missing row
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """run_name from the config, else the file stem."""
+        return self.run_name or self.path.stem
+
+    @property
+    def algorithm_label(self) -> str:
+        """`fedmrn/binary`, `fedavg`, ..."""
+        return f"{self.algorithm}/{self.mask}" if self.algorithm == "fedmrn" and self.mask else self.algorithm
+
+    @property
+    def rounds_done(self) -> int:
+        return int(self.rounds.size)
+
+    @property
+    def last_round(self) -> int | None:
+        return int(self.rounds[-1]) if self.rounds.size else None
+
+    def setting(self, key: str) -> str:
+        """Root attribute `key` as text ("unknown" if the file lacks it; list items joined with "+")."""
+        if key not in self.attrs:
+            return UNKNOWN
+        v = self.attrs[key]
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            return "+".join(attr_text(x) for x in v.ravel())
+        return attr_text(v.item() if isinstance(v, (np.generic, np.ndarray)) else v)
+
+    def _evaluated(self) -> np.ndarray:
+        return np.flatnonzero(np.isfinite(self.test_accuracy))
+
+    @property
+    def final_eval(self) -> tuple[int, float, float] | None:
+        """(round, accuracy, loss) of the last evaluated round, or None."""
+        idx = self._evaluated()
+        if idx.size == 0:
+            return None
+        i = int(idx[-1])
+        return int(self.rounds[i]), float(self.test_accuracy[i]), float(self.test_loss[i])
+
+    @property
+    def best_eval(self) -> tuple[int, float] | None:
+        """(round, accuracy) of the best evaluated round, or None."""
+        idx = self._evaluated()
+        if idx.size == 0:
+            return None
+        i = int(idx[np.argmax(self.test_accuracy[idx])])
+        return int(self.rounds[i]), float(self.test_accuracy[i])
+
+    @property
+    def total_uplink_bytes(self) -> int:
+        return int(self.uplink_bytes.sum())
+
+    @property
+    def total_downlink_bytes(self) -> int:
+        return int(self.downlink_bytes.sum())
+
+    @property
+    def mean_client_uplink_bytes(self) -> float | None:
+        """Mean size of one client's upload message (header included) over all rounds done."""
+        if self.client_uplink_bytes is not None and self.client_uplink_bytes.size:
+            return float(self.client_uplink_bytes.mean())
+        if self.rounds_done and self.clients_per_round:
+            return float(self.uplink_bytes.sum()) / (self.rounds_done * self.clients_per_round)
+        return None
+
+    @property
+    def uplink_bits_per_param(self) -> float | None:
+        """8 x mean upload message per client per round (whole message, header included) / model values."""
+        mean = self.mean_client_uplink_bytes
+        if mean is None or not self.num_values:
+            return None
+        return 8.0 * mean / self.num_values
+
+    @property
+    def seconds_per_round(self) -> float | None:
+        """Mean wall seconds per round."""
+        w = self.wall_seconds[np.isfinite(self.wall_seconds)]
+        return float(w.mean()) if w.size else None
+
+    @property
+    def mean_phase_seconds(self) -> np.ndarray | None:
+        """Mean seconds per round of each phase (columns as `phases`)."""
+        return self.phase_seconds.mean(axis=0) if self.phase_seconds.shape[0] else None
+
+
+def attr_text(v: Any) -> str:
+    """An HDF5 attribute value as text (bytes decoded as UTF-8)."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _attr_int(attrs: h5py.AttributeManager, key: str) -> int | None:
+    return int(attrs[key]) if key in attrs else None
+
+
+def _has_hdf5_signature(path: Path) -> bool:
+    """True if the HDF5 signature is at offset 0, 512, 1024, 2048, ... (after an optional user block).
+
+    Read directly rather than with h5py.is_hdf5, which opens the file and so can be refused by a writer's lock."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            fh.seek(offset)
+            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else 2 * offset
+    return False
+
+
+def _open(path: Path) -> h5py.File:
+    """Open for reading, also while a job writes it (SWMR).
+
+    When the writer finalises it closes the SWMR session and reopens the file normally for a moment; HDF5's
+    file lock then refuses readers, so retry briefly before giving up."""
+    last: Exception | None = None
+    for _ in range(_OPEN_RETRIES):
+        try:
+            return h5py.File(path, "r", swmr=True)
+        except OSError as exc:
+            last = exc
+            if "lock" not in str(exc).lower():
+                break
+            time.sleep(_OPEN_RETRY_SLEEP)
+    try:  # a file not written with libver="latest" may refuse SWMR reading but open normally
+        return h5py.File(path, "r")
+    except OSError:
+        raise ResultsFileError(f"{path}: cannot open the HDF5 file: {last}") from last
+
+
+def _read(ds: h5py.Dataset) -> np.ndarray:
+    ds.refresh()  # a live SWMR file grows between reads; no-op on a finished one
+    return ds[()]
+
+
+def _config(text: str) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Read one results file (finished or still being written). Raises ResultsFileError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ResultsFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise ResultsFileError(f"{p}: is a directory, not a results file")
+    try:
+        is_h5 = _has_hdf5_signature(p)
+    except OSError as exc:
+        raise ResultsFileError(f"{p}: cannot read: {exc}") from exc
+    if not is_h5:
+        raise ResultsFileError(f"{p}: not an HDF5 file")
+    mtime = p.stat().st_mtime
+    with _open(p) as f:
+        if f"{ROUNDS}/round" not in f:
+            raise ResultsFileError(f"{p}: not a fedmrn_mpi results file (no {ROUNDS}/round dataset)")
+        attrs = {k: f.attrs[k] for k in f.attrs}
+        g = f[ROUNDS]
+        series = {k: _read(g[k]) for k in _SERIES if k in g}
+        if PHASE_SECONDS in g:
+            ph = _read(g[PHASE_SECONDS])
+            phases = [attr_text(x) for x in g[PHASE_SECONDS].attrs.get(PHASES_ATTR, PHASES)]
+        else:
+            ph, phases = None, list(PHASES)
+        cub_path = f"{CLIENTS}/uplink_bytes"
+        cub = _read(f[cub_path]) if cub_path in f else None
+        n = min(len(a) for a in [*series.values(), *(x for x in (ph, cub) if x is not None)])
+        world = _attr_int(f.attrs, WORLD_SIZE)
+        if world is None and f"{RANKS}/{PHASE_SECONDS}" in f:
+            world = int(f[f"{RANKS}/{PHASE_SECONDS}"].shape[1])
+
+    def col(key: str) -> np.ndarray:
+        dtype = ROUND_FIELDS[key]
+        v = series.get(key)
+        if v is None:  # optional in older files: NaN for measurements, 0 for counts
+            return np.full(n, np.nan) if np.dtype(dtype).kind == "f" else np.zeros(n, dtype=dtype)
+        return np.asarray(v[:n], dtype=dtype)
+
+    cfg_text = attr_text(attrs.get(CONFIG_YAML, ""))
+    cfg = _config(cfg_text)
+    alg_cfg = cfg.get("algorithm") if isinstance(cfg.get("algorithm"), dict) else {}
+    algorithm = attr_text(attrs[ALGORITHM]) if ALGORITHM in attrs else str(alg_cfg.get("name", "?"))
+    planned = cfg.get("rounds")
+    masked, unmasked = attrs.get(NUM_MASKED_PARAMS), attrs.get(NUM_UNMASKED_VALUES)
+    cpr = cub.shape[1] if cub is not None and cub.ndim == 2 else cfg.get("clients_per_round")
+    digest = attr_text(attrs[FINAL_MODEL_SHA256]) if FINAL_MODEL_SHA256 in attrs else None
+    return Run(
+        path=p, run_name=str(cfg["run_name"]) if cfg.get("run_name") else None, algorithm=algorithm,
+        mask=str(alg_cfg["mask"]) if alg_cfg.get("mask") else None, world_size=world,
+        planned_rounds=int(planned) if isinstance(planned, int) else None, config_yaml=cfg_text,
+        finished=digest is not None, final_model_sha256=digest,
+        total_seconds=float(attrs[TOTAL_SECONDS]) if TOTAL_SECONDS in attrs else None, mtime=mtime,
+        rounds=col("round"), test_accuracy=col("test_accuracy"), test_loss=col("test_loss"),
+        train_loss=col("train_loss"), uplink_bytes=col("uplink_bytes"), downlink_bytes=col("downlink_bytes"),
+        wall_seconds=col("wall_seconds"),
+        phase_seconds=np.zeros((n, len(phases))) if ph is None else np.asarray(ph[:n], dtype=np.float64),
+        phases=phases, client_uplink_bytes=None if cub is None else np.asarray(cub[:n], dtype=np.int64),
+        clients_per_round=int(cpr) if isinstance(cpr, (int, np.integer)) else None,
+        num_values=int(masked) + int(unmasked) if masked is not None and unmasked is not None else None,
+        control_bytes=col("control_bytes") if "control_bytes" in series else None,
+        attrs=attrs,
+    )
+
+
+def load_runs(paths: Sequence[str | os.PathLike[str]]) -> list[Run]:
+    """Load every file; the first unreadable one raises ResultsFileError."""
+    return [load_run(p) for p in paths]

@@ -1,0 +1,202 @@
+"""The two parts of a round: what a client rank does and what the server (rank 0) does.
+
+With one process, rank 0 plays both parts. Everything random is planned from the root seed (`plan_round`), so
+every rank knows, without asking, which clients train this round and where.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..algorithms import aggregate
+from ..comm import Gathered, Transport, WireError, decode_messages, encode_message
+from ..comm.flat_state import state_arrays
+from ..comm.transport import CHANNELS
+from ..config import Config
+from ..results import PHASES, ResultsWriter, format_duration
+from ..training import assign_clients, evaluate, sample_clients, train_client
+from .hooks import CheckpointHook, Completed, Hook
+from .progress import PhaseTimer, round_phases
+from .setup import Setup
+
+FLAG_STOP, FLAG_FULL_STATE, FLAG_DONE = 1, 2, 4
+# per-rank report gathered at the end of every round: phase seconds, traffic (sent then received, per
+# channel), stop requested
+_SENT = len(PHASES)
+_RECV = _SENT + len(CHANNELS)
+_STOP = _RECV + len(CHANNELS)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every rank knows about round `round` once the control block arrived."""
+
+    round: int
+    full_state: bool                    # the float32 state is broadcast this round
+    sampled: np.ndarray                 # sorted client ids
+    assignment: dict[int, list[int]]    # rank -> its client ids
+
+
+def plan_round(cfg: Config, su: Setup, transport: Transport, ctrl: np.ndarray) -> Plan:
+    rnd = int(ctrl[0])
+    sampled = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.clients_per_round)
+    return Plan(rnd, bool(ctrl[1] & FLAG_FULL_STATE), sampled,
+                assign_clients(sampled, su.sizes, transport.client_ranks))
+
+
+def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, server_lr: float,
+                   ranks: list[int] | None = None) -> tuple[list, dict]:
+    """Validate every rank's concatenated uploads and aggregate them; `ranks` names each buffer's sender
+    (None: one relayed buffer holding every sampled client's upload)."""
+    messages = []
+    for i, view in enumerate(buffers):
+        rank = ranks[i] if ranks is not None else 0
+        expected = plan.assignment.get(rank, []) if ranks is not None else plan.sampled.tolist()
+        messages += [(rank, m) for m in decode_messages(view, rank=rank, round_=plan.round,
+                                                        algo_id=su.algo.algo_id, expected_clients=set(expected))]
+    seen = sorted(m.header.client_id for _, m in messages)
+    if seen != plan.sampled.tolist():
+        missing = sorted(set(plan.sampled.tolist()) - set(seen))
+        raise WireError(f"round {plan.round}: uploads missing for clients {missing}" if missing
+                        else f"round {plan.round}: duplicate uploads for clients "
+                             f"{sorted({c for c in seen if seen.count(c) > 1})}")
+    return messages, aggregate(su.algo, messages, state, server_lr, plan.round, su.device)
+
+
+class ClientPart:
+    """A client rank: train the clients assigned to it; with `downlink: masks`, rebuild the global model."""
+
+    def __init__(self, cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer) -> None:
+        self.cfg, self.su, self.rank, self.timer = cfg, su, transport.rank, timer
+
+    def train(self, plan: Plan, state: dict) -> np.ndarray:
+        """This rank's uploads for the round, back to back (empty if it has no client)."""
+        su, uploads = self.su, []
+        for cid in plan.assignment.get(self.rank, []):
+            ctx = su.local.context(plan.round, cid, int(su.sizes[cid]), su.device)
+            idx = su.parts[cid]
+            res = train_client(su.model, su.algo, state, su.x_train[idx], su.y_train[idx], ctx, su.local,
+                               timer=self.timer)
+            with self.timer("encode"):
+                uploads.append(encode_message(su.algo.algo_id, plan.round, cid, res.seed, res.weight,
+                                              res.train_loss, res.payload))
+        return np.concatenate(uploads) if uploads else np.empty(0, dtype=np.uint8)
+
+    def rebuild(self, plan: Plan, relay: np.ndarray, state: dict) -> dict:
+        """The new global state from the relayed uploads of every sampled client (same sums as rank 0)."""
+        with self.timer("decode_aggregate"):
+            return decode_uploads(self.su, [memoryview(relay)], plan, state, self.cfg.server_lr)[1]
+
+
+class ServerPart:
+    """Rank 0: drive the rounds, aggregate, evaluate, and hand each completed round to the hooks."""
+
+    def __init__(self, cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer,
+                 writer: ResultsWriter | None, checkpoints: CheckpointHook, hooks: list[Hook], first_round: int,
+                 pending: dict | None, log: Callable[..., None]) -> None:
+        self.cfg, self.su, self.timer, self.writer, self.log = cfg, su, timer, writer, log
+        self.checkpoints, self.hooks, self.first_round = checkpoints, [checkpoints, *hooks], first_round
+        self.masks_down = cfg.algorithm.downlink == "masks" and transport.size > 1
+        # writer None: the run was already complete, nothing to do
+        done = first_round - 1 if writer is not None else cfg.rounds
+        self.last = Completed(done, su.state, pending)
+        self.resync = True  # the first round (also after a resume) sends the full state
+        self.t_start = time.perf_counter()
+
+    def control(self) -> np.ndarray:
+        """The control block: (next round, flags), or (last round, STOP|DONE)."""
+        if self.last.round >= self.cfg.rounds:
+            return np.array([self.last.round, FLAG_DONE], dtype=np.int64)
+        if self.last.stop_requested:
+            return np.array([self.last.round, FLAG_STOP], dtype=np.int64)
+        full = FLAG_FULL_STATE if (not self.masks_down or self.resync) else 0
+        return np.array([self.last.round + 1, full], dtype=np.int64)
+
+    def aggregate(self, plan: Plan, got: Gathered, state: dict) -> tuple[list, dict]:
+        with self.timer("decode_aggregate"):
+            return decode_uploads(self.su, got.buffers, plan, state, self.cfg.server_lr,
+                                  ranks=list(range(len(got.buffers))))
+
+    def flush_pending(self, state: dict) -> None:
+        """Evaluate the last completed round's model where due and hand its row to the hooks."""
+        row = self.last.pending
+        if row is None:
+            return
+        r = row["round"]
+        if self.cfg.eval_every and r % self.cfg.eval_every == 0 or r == self.cfg.rounds:
+            with self.timer("evaluate"):
+                row["test_accuracy"], row["test_loss"] = evaluate(self.su.model, state, self.su.x_test,
+                                                                  self.su.y_test, transform=self.su.local.transform)
+        else:
+            row["test_accuracy"] = row["test_loss"] = math.nan
+        self.last.pending = None
+        for h in self.hooks:
+            h.row_ready(row)
+
+    def complete(self, plan: Plan, messages: list, table: np.ndarray, report_bytes: int, wall: float,
+                 mismatched: list[int], state: dict) -> None:
+        """The round is complete only now: state, row and round number change together."""
+        stop = bool(table[:, _STOP].any())
+        row = _round_row(plan, messages, table, report_bytes, wall, resync=self.masks_down and plan.full_state
+                         and plan.round > 1, mismatched=len(mismatched))
+        if mismatched:
+            self.log(f"round {plan.round}: model digest differs on rank(s) {mismatched}; full float32 resync "
+                     f"next round", flush=True)
+        self.resync = bool(mismatched)
+        self.last = Completed(plan.round, state, row, stop and plan.round < self.cfg.rounds)
+        for h in self.hooks:
+            h.round_completed(self.last)
+
+    def stop_now(self, why: str) -> None:
+        """Second stop signal: checkpoint the last round completed by this job, keep every row written."""
+        if self.writer is None:
+            return
+        if self.last.round >= self.first_round:
+            self.checkpoints.save(self.last, why)
+        self.writer.close()
+
+    def finish(self, state: dict) -> None:
+        """Write the last row and the final model, or close the file of a stopped run."""
+        cfg, done = self.cfg, self.last.round
+        if self.writer is None:
+            return
+        if done >= cfg.rounds:
+            self.flush_pending(state)
+            took = time.perf_counter() - self.t_start
+            digest = self.writer.finalize(state_arrays(state), {"rounds_completed": cfg.rounds,
+                                                                "total_seconds": took})
+            self.log(f"done: {cfg.rounds} rounds in {format_duration(took)}; final_model_sha256 {digest}; "
+                     f"results in {self.writer.path}", flush=True)
+        else:
+            self.writer.close()
+            self.log(f"stopped after round {done} on request; results so far in {self.writer.path}; "
+                     f"continue with --resume", flush=True)
+
+
+def _round_row(plan: Plan, messages: list, table: np.ndarray, report_bytes: int, wall: float, resync: bool,
+               mismatched: int) -> dict:
+    """One results row (without the evaluation, which happens while the next round trains)."""
+    by_client = {m.header.client_id: (r_, m) for r_, m in messages}
+    order = plan.sampled.tolist()
+    weights = np.array([by_client[c][1].header.weight for c in order])
+    losses = np.array([by_client[c][1].header.train_loss for c in order])
+    ch = {c: i for i, c in enumerate(CHANNELS)}
+    sent, recv = table[:, _SENT:_RECV].astype(np.int64), table[:, _RECV:_STOP].astype(np.int64)
+    return {
+        "round": plan.round, "train_loss": float((weights * losses).sum() / weights.sum()),
+        # rank 0's view: what reached the server, what it sent down; control: sent by every rank, plus the
+        # rank reports gathered at the end of the round
+        "uplink_bytes": int(recv[0, ch["uplink"]]), "downlink_bytes": int(sent[0, ch["downlink"]]),
+        "control_bytes": int(sent[:, ch["control"]].sum() + report_bytes),
+        "wall_seconds": wall, "resync": int(resync), "digest_mismatches": mismatched,
+        "phase_seconds": round_phases(table[:, :_SENT], wall),
+        "clients_sampled": plan.sampled, "clients_rank": np.array([by_client[c][0] for c in order]),
+        "clients_uplink_bytes": np.array([by_client[c][1].nbytes for c in order]),
+        "clients_train_loss": losses, "rank_phase_seconds": table[:, :_SENT],
+        "rank_bytes_sent": sent.sum(axis=1), "rank_bytes_received": recv.sum(axis=1),
+    }

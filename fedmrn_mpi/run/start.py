@@ -1,0 +1,47 @@
+"""Opening a run on rank 0: fresh or resumed, the results file and its environment attributes, the hooks."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+
+from .. import __version__
+from ..comm import Transport
+from ..config import Config
+from ..results import ResultsWriter
+from .hooks import CheckpointHook, ProgressHook, ResultsHook
+from .progress import PhaseTimer
+from .resume import plan_start
+from .roles import ServerPart
+from .setup import Setup, environment_attrs, rank_facts, ranks_text
+
+
+def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer, out_path: str, resume: bool,
+                 log: Callable[..., None]) -> ServerPart | None:
+    """Every rank calls this (it gathers each rank's facts); rank 0 gets its ServerPart, the others None."""
+    facts = rank_facts(su, transport)
+    if not transport.is_server:
+        return None
+    start = plan_start(cfg, out_path, resume)
+    if start.note:
+        log(f"fedmrn_mpi: {start.note}", flush=True)
+    checkpoints = CheckpointHook(cfg, out_path, log)
+    if start.complete:
+        return ServerPart(cfg, su, transport, timer, None, checkpoints, [], cfg.rounds + 1, None, log)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    attrs = environment_attrs(cfg, su, transport, facts)
+    if start.state is not None:
+        su.state = {n: t.to(su.device) for n, t in start.state.items()}
+        writer = ResultsWriter.reopen(out_path, start.rows, attrs, transport.size)
+    else:
+        static = {"partition/sizes": su.sizes, "partition/label_counts": su.label_counts}
+        writer = ResultsWriter(out_path, attrs, cfg.clients_per_round, transport.size, static)
+    log(f"fedmrn_mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}/{cfg.model.name}, "
+        f"{cfg.num_clients} clients ({cfg.clients_per_round}/round), {cfg.rounds} rounds, "
+        f"{transport.size} rank(s), {attrs['threads_per_rank']} thread(s)/rank, downlink {cfg.algorithm.downlink}; "
+        f"{su.spec.num_masked} masked + {su.spec.num_unmasked} unmasked values, "
+        f"upload {su.algo.payload_nbytes()} B/client; results -> {out_path}")
+    log(f"devices: {ranks_text(attrs['rank_devices'])}", flush=True)
+    hooks = [ResultsHook(writer), ProgressHook(cfg, start.round, log)]
+    return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log)
