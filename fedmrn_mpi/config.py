@@ -1,4 +1,4 @@
-"""Run configuration: typed schema, YAML files, dotted overrides and validation (DESIGN §5).
+"""Run configuration: typed schema, YAML files, dotted overrides and validation (docs/design.md#layout).
 
 The schema is a tree of frozen dataclasses. Each leaf field carries its checks in `metadata` (`help`,
 `choices`, `ge`, `gt`, `lt`); one generic walker validates any mapping against it, so adding a key means
@@ -56,7 +56,7 @@ WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
-# DESIGN §1.2: one absolute sigma for all layers, depending on the mask kind.
+# docs/design.md#the-method: one absolute sigma for all layers, depending on the mask kind.
 DEFAULT_SIGMA: dict[str, float] = {"binary": 0.01, "signed": 0.005}
 
 
@@ -127,7 +127,7 @@ def _section(cls: type, help: str) -> Any:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """What clients compute and send, and how the server aggregates (DESIGN §1, §2)."""
+    """What clients compute and send, and how the server aggregates (docs/design.md#the-method)."""
 
     name: str = _opt("fedmrn", "federated algorithm", choices=_algorithm_names)
     mask: str = _opt("binary", "FedMRN mask values: {0,1} or {-1,+1}", choices=MASKS)
@@ -148,7 +148,7 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset and its split over clients (DESIGN §3.5)."""
+    """Dataset and its split over clients (docs/design.md#layout)."""
 
     name: str = _opt("fashion_mnist", "dataset", choices=_dataset_names)
     dir: str | None = _opt(None, "dataset directory; null = the dataset's default location")
@@ -162,7 +162,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network architecture (DESIGN §1.5)."""
+    """Network architecture (docs/design.md#the-method)."""
 
     name: str = _opt("cnn4", "network", choices=_model_names)
 

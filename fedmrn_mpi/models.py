@@ -1,4 +1,4 @@
-"""CNN4 and CNN8 from the FedMRN paper (DESIGN §1.5) and the split into masked / unmasked tensors."""
+"""CNN4 and CNN8 from the FedMRN paper (docs/design.md#the-method) and the split into masked / unmasked tensors."""
 
 from __future__ import annotations
 

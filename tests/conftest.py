@@ -13,6 +13,15 @@ if str(ROOT) not in sys.path:
 
 torch.set_num_threads(1)
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/integration launch real jobs: `pytest -m "not mpi"` runs only the unit tests."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.mpi)
+
 
 def mpirun_path() -> str:
     """The venv's own launcher (a system Open MPI mpirun with the MPICH library aborts)."""

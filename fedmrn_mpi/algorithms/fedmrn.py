@@ -1,4 +1,5 @@
-"""FedMRN (DESIGN §1): a 1-bit mask over seeded random noise, trained with progressive stochastic masking.
+"""FedMRN: a 1-bit mask over seeded random noise, trained with progressive stochastic masking
+(docs/design.md#the-method).
 
 Per masked tensor the trainable is a latent update `u` (reset to 0 each round) over frozen weights `w`;
 the effective weight is `w + Δ` with Δ a hard/soft masked noise sample, and the gradient reaches `u` through

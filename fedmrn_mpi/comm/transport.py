@@ -66,8 +66,6 @@ class Transport:
     """Rank 0 is the server; ranks 1..P-1 run clients. With one process, rank 0 does both.
 
     `poll()`, when set, runs between the tests of every pending request; it may raise to abandon the wait.
-    `on_wait(seconds)`, when set, is told how long each `sync` waited for other ranks, so callers can book that
-    as idle time and the rest of a collective as transfer time.
     """
 
     def __init__(self, comm=None, poll: Callable[[], None] | None = None) -> None:
@@ -77,7 +75,6 @@ class Transport:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self.poll = poll
-        self.on_wait: Callable[[float], None] | None = None
         self.traffic = Traffic()
         self.chunk_limit = CHUNK_LIMIT
         if comm is not None and self.size > 1:
@@ -123,13 +120,11 @@ class Transport:
         return int(note[0])
 
     def sync(self) -> float:
-        """Wait until every rank arrives (a nonblocking barrier); reported to `on_wait` as idle time."""
+        """Wait until every rank arrives (a nonblocking barrier): the time spent here is the caller's idle
+        time, so the collective after it measures transfer only. Returns the seconds waited."""
         if self.size == 1:
             return 0.0
-        waited = self._wait(self.comm.Ibarrier())
-        if self.on_wait is not None:
-            self.on_wait(waited)
-        return waited
+        return self._wait(self.comm.Ibarrier())
 
     def _chunk(self) -> int:
         # per-rank piece so that one gather's total and displacements stay below the int limit

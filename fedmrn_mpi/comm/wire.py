@@ -1,4 +1,4 @@
-"""The upload message format (DESIGN §3.3): a fixed little-endian header followed by the payload.
+"""The upload message format (docs/design.md#wire-format): a fixed little-endian header followed by the payload.
 
 Header fields: magic, format version, algorithm id, round, client id, 64-bit seed, aggregation weight,
 mean local training loss, payload length, CRC32 of the payload, CRC32 of the header bytes before it.

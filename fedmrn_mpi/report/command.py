@@ -1,4 +1,5 @@
-"""`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`: a summary table of results files and PNG plots (DESIGN §3.4)."""
+"""`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`: a summary table of results files and PNG plots
+(docs/design.md#results-file)."""
 
 from __future__ import annotations
 

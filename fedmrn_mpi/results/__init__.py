@@ -1,5 +1,5 @@
-"""The HDF5 results file (DESIGN §3.4, §5): its schema, writer and reader. Free of torch, so that `status` and
-`report` start fast and run where torch is not installed."""
+"""The HDF5 results file (docs/design.md#results-file): its schema, writer and reader. Free of torch, so
+that `status` and `report` start fast and run where torch is not installed."""
 
 from .reader import ResultsFileError, Run, load_run, load_runs
 from .schema import PHASES, REPRO_ATTRS

@@ -1,4 +1,4 @@
-"""Names and types of everything in a results file (DESIGN §3.4, §5).
+"""Names and types of everything in a results file (docs/design.md#results-file).
 
 The writer, the reader, `status` and `report` all take dataset, field and attribute names from here.
 """

@@ -1,4 +1,4 @@
-"""Writes the HDF5 results file (DESIGN §3.4, §5): rank 0 only, one row per round, flushed every round.
+"""Writes the HDF5 results file (docs/design.md#results-file): rank 0 only, one row per round, flushed every round.
 
 The file is in single-writer/multiple-reader mode while the run goes on, so `h5py.File(path, "r", swmr=True)`
 can watch it. Final-model tensors and `final_model_sha256` are written when the run ends.
@@ -102,10 +102,6 @@ class ResultsWriter:
         self.f.swmr_mode = True
         self.rows = rows
         return self
-
-    def written_rounds(self) -> int:
-        """Rounds in the file so far."""
-        return self.rows
 
     def _append(self, ds: h5py.Dataset, value: Any) -> None:
         ds.resize(self.rows + 1, axis=0)

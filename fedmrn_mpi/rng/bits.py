@@ -1,4 +1,4 @@
-"""Pack boolean masks into bytes and back (the FedMRN uplink payload, DESIGN §3.3).
+"""Pack boolean masks into bytes and back (the FedMRN uplink payload, docs/design.md#wire-format).
 
 Layout: bit k of the flattened mask is bit (k % 8) of byte k // 8, least significant bit first, zero
 padded: the same bytes as ``numpy.packbits(mask, bitorder="little")``.

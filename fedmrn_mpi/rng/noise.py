@@ -1,4 +1,4 @@
-"""Counter-based noise generator, bit-identical on the CPU and on every CUDA GPU (DESIGN §1.2).
+"""Counter-based noise generator, bit-identical on the CPU and on every CUDA GPU (docs/design.md#noise-generator).
 
 torch's seeded CUDA generators give values that depend on the GPU model, so FedMRN's noise comes from a
 keyed 32-bit counter hash computed with exact integer arithmetic. Only the final float steps round: the

@@ -1,4 +1,4 @@
-"""Named random streams derived from the root seed (DESIGN §3.2).
+"""Named random streams derived from the root seed (docs/design.md#noise-generator).
 
 Every random choice in a run is a pure function of (root seed, stream name, round, client), so results do not
 depend on the number of ranks or on which rank trained which client.

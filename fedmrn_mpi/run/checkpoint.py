@@ -1,8 +1,9 @@
-"""Checkpoints (DESIGN §3.4): written atomically next to the results file, the last two kept.
+"""Checkpoints (docs/design.md#checkpoints-and-stop-signals): written atomically beside the results file, the
+newest two kept.
 
 A checkpoint holds everything needed to continue a run exactly: the global state after the last completed
-round, that round's results row when it has not been evaluated and written yet, server and per-client
-algorithm state, the config hash and the package version. Every random stream is a pure function of the root
+round, that round's results row when it has not been evaluated and written yet, the resume identity, the
+config hash and the package version. Every random stream is a pure function of the root
 seed, the round and the client id, so no generator state needs saving.
 """
 

@@ -1,4 +1,5 @@
-"""Where a run starts: fresh, resumed from its newest checkpoint, or already complete (DESIGN §3.4)."""
+"""Where a run starts: fresh, resumed from its newest checkpoint, or already complete
+(docs/design.md#checkpoints-and-stop-signals)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stop requests from the batch system (DESIGN §3.4).
+"""Stop requests from the batch system (docs/design.md#checkpoints-and-stop-signals).
 
 Slurm sends SIGUSR1 before a time limit (with `--signal`) and SIGTERM on preemption. The first signal asks
 the run to stop at the next round boundary with a checkpoint; a second one stops sooner: wait loops and the

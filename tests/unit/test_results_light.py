@@ -17,10 +17,10 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmrn_mpi.report import main_report, main_status
+from fedmrn_mpi.report import main_report
 from fedmrn_mpi.results import PHASES, REPRO_ATTRS, ResultsWriter, load_run, state_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CPR, WORLD = 2, 3
 REPRO = {"torch_version": "2.3.0+cpu", "numpy_version": "1.26.4", "device_type": "cpu", "threads_per_rank": 1,
          "cpu_capability": "AVX2", "gpu_names": ["none"]}
@@ -50,7 +50,7 @@ def write_results(path: Path, name: str, rounds: int = 3, finish: bool = True, *
     w = ResultsWriter(str(path), {k: v for k, v in root.items() if v is not None}, CPR, WORLD)
     for r in range(1, rounds + 1):
         w.append_round(_row(r))
-    assert w.written_rounds() == rounds
+    assert w.rows == rounds
     if finish:
         w.finalize(_state(), {"rounds_completed": rounds, "total_seconds": 1.5})
     else:

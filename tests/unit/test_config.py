@@ -23,10 +23,10 @@ from fedmrn_mpi.config import (
     load_config,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 
-# DESIGN §5: names users and scripts rely on.
+# The config keys users and scripts rely on (README, "Config keys").
 CONTRACT_KEYS = [
     "seed", "rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size", "lr", "server_lr",
     "eval_every", "checkpoint_every", "device", "algorithm.name", "algorithm.mask", "algorithm.noise",

@@ -1,4 +1,4 @@
-"""The properties of FedMRN's mask training listed at the end of DESIGN §1.3, plus encode/decode."""
+"""FedMRN mask-training properties a test can check (docs/design.md, The method), plus encode/decode."""
 
 import pytest
 import torch

@@ -35,6 +35,14 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
         assert np.all(f["clients/uplink_bytes"][:] == HEADER_SIZE + payload)
         state_bytes = 4 * (389_920 + 1920)
         assert np.all(f["rounds/downlink_bytes"][:] == 2 * (state_bytes + 16))
+        # the transport counted every byte: what one rank sent, another received
+        sent, recv = f["ranks/bytes_sent"][:], f["ranks/bytes_received"][:]
+        assert sent.shape == recv.shape == (2, 3) and np.array_equal(sent.sum(1), recv.sum(1))
+        assert np.all(sent[:, 0] == f["rounds/downlink_bytes"][:] + 2 * 8)  # + its own (empty) upload size
+        assert np.all(recv[:, 0] == f["rounds/uplink_bytes"][:] + 2 * 8)  # + the others' upload sizes
+        # control: upload sizes (every rank to the 2 others) + the 2 client ranks' end-of-round reports
+        report = 8 * (7 + 2 * 3 + 1)
+        assert np.all(f["rounds/control_bytes"][:] == 3 * 2 * 8 + 2 * report)
         assert f["clients/sampled"].shape == (2, 4) and set(np.unique(f["clients/rank"][:])) <= {1, 2}
         ph = f["rounds/phase_seconds"]
         assert ph.shape == (2, 7) and list(ph.attrs["phases"])[0] == "local_train"
@@ -45,7 +53,7 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
 
 @pytest.mark.parametrize("algo", ["fedmrn", "fedavg"])
 def test_results_do_not_depend_on_the_rank_count(cli, tmp_path, algo):
-    """-n 1 (one process), 2, 3 and 5: bit-identical metrics and final model (DESIGN §3.2)."""
+    """-n 1 (one process), 2, 3 and 5: bit-identical metrics and final model (docs/design.md, Reproducibility)."""
     runs = {}
     for n in (1, 2, 3, 5):
         res = cli(_tiny(tmp_path, f"n{n}.h5", f"algorithm.name={algo}"), nprocs=None if n == 1 else n)
@@ -161,3 +169,22 @@ def test_training_learns_the_synthetic_task(cli, tmp_path, algo):
         assert acc[3] > 0.5, acc
         tl = f["rounds/train_loss"][:]
         assert tl[-1] < tl[0]
+
+
+def test_readme_one_process_and_mpirun_agree_with_default_threads(cli, tmp_path):
+    """The reproducibility contract for the README's commands: the default config (real FashionMNIST, default
+    threads = 1 per rank) gives the same digest and metrics in one process and under mpirun -n 3."""
+    from conftest import ROOT
+    over = ["rounds=2", "num_clients=60", "clients_per_round=2", "eval_every=1", "device=cpu"]
+    base = ["run", "-c", str(ROOT / "configs" / "default.yaml")]
+    one = cli([*base, "-o", str(tmp_path / "one.h5"), *over])
+    three = cli([*base, "-o", str(tmp_path / "three.h5"), *over], nprocs=3)
+    assert one.returncode == 0 and three.returncode == 0, one.stderr + three.stderr
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "three.h5") as b:
+        assert a.attrs["world_size"] == 1 and b.attrs["world_size"] == 3
+        for f in (a, b):  # what the contract depends on is recorded
+            assert f.attrs["threads_per_rank"] == 1 and f.attrs["device_type"] == "cpu"
+            assert f.attrs["cpu_capability"] and f.attrs["torch_version"]
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+        for key in ("test_accuracy", "test_loss", "train_loss", "uplink_bytes"):
+            assert np.array_equal(a["rounds/" + key][:], b["rounds/" + key][:]), key

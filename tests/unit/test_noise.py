@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy_noise_ref as ref  # noqa: E402
 import fedmrn_mpi.rng.noise as N  # noqa: E402
