@@ -51,7 +51,7 @@ __all__ = [
 
 # Allowed values of the keys that have no registry of their own.
 MASKS: tuple[str, ...] = ("binary", "signed")
-TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic")
+TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic", "post")
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -85,6 +85,12 @@ def _partition_names() -> tuple[str, ...]:
 def _model_names() -> tuple[str, ...]:
     from .models import MODELS
     return tuple(MODELS)
+
+
+def _algorithm_options(name: str) -> tuple[str, ...]:
+    """The `algorithm.*` keys that algorithm `name` reads (besides name, weighting and downlink)."""
+    from .algorithms import REGISTRY
+    return tuple(REGISTRY[name].options)
 
 
 def _num_classes(dataset: str) -> int:
@@ -133,12 +139,18 @@ class AlgorithmConfig:
     mask: str = _opt("binary", "FedMRN mask values: {0,1} or {-1,+1}", choices=MASKS)
     noise: str = _opt("uniform", "distribution of the random noise", choices=_noise_names)
     sigma: float | None = _opt(None, "noise scale; null = 0.01 for binary, 0.005 for signed masks", gt=0)
-    training: str = _opt("psm", "mask training: progressive / always / post-training masking",
-                         choices=TRAININGS)
+    training: str = _opt("psm", "FedMRN mask training: progressive / always hard / soft then one draw / "
+                         "dense update masked after training", choices=TRAININGS)
     weighting: str = _opt("samples", "client weight in aggregation: sample or batch count",
                           choices=WEIGHTINGS)
     downlink: str = _opt("model", "broadcast the float32 model or the gathered masks",
                          choices=DOWNLINKS)
+    error_feedback: bool = _opt(False, "signsgd/topk: add the client's residual from its last round before "
+                                "compressing")
+    levels: int = _opt(1, "qsgd: quantisation levels per sign", ge=1, lt=2**15)
+    fraction: float = _opt(0.01, "topk: share of each tensor's entries sent", gt=0, lt=1)
+    warmup_fraction: float = _opt(0.5, "fedbat: share of the local steps trained at full precision", ge=0, lt=1)
+    rho: float = _opt(0.0, "fedbat: learnable log-scale factor, alpha = alpha0 * exp(rho * s)")
 
     @property
     def effective_sigma(self) -> float:
@@ -321,7 +333,10 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
             return None
         raise ctx.error(key, f"got null; expected {_type_name(base)}")
     null_txt = " or null" if nullable else ""
-    if base is int:
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ctx.error(key, f"expected true or false{null_txt}, got {_show(value)}")
+    elif base is int:
         # bool is an int subclass, but `rounds: true` is never meant as 1.
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
@@ -366,7 +381,8 @@ def allowed(key: str, override: Mapping[str, Sequence[str]] | None = None) -> tu
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
 
 
 def _build(ctx: _Ctx, cls: type, data: Mapping[Any, Any], prefix: str) -> Any:
@@ -410,11 +426,23 @@ _CROSS_CHECKS: list[tuple[tuple[str, ...], typing.Callable[[Config], bool], typi
 ]
 
 
+# keys of the algorithm section that every algorithm reads
+_GENERAL_ALGORITHM_KEYS = ("name", "weighting", "downlink")
+
+
 def _cross_check(ctx: _Ctx, cfg: Config) -> None:
     for keys, ok, msg in _CROSS_CHECKS:
         if not ok(cfg):
             srcs = list(dict.fromkeys(ctx.source(k) for k in keys))
             raise ConfigError(f"{', '.join(srcs)}: {msg(cfg)}", key=keys[0], source=srcs[0])
+    # a setting the chosen algorithm does not read is a mistake, not something to ignore silently
+    a, reads = cfg.algorithm, _algorithm_options(cfg.algorithm.name)
+    for f in dataclasses.fields(AlgorithmConfig):
+        if f.name in _GENERAL_ALGORITHM_KEYS or f.name in reads or getattr(a, f.name) == f.default:
+            continue
+        key = f"algorithm.{f.name}"
+        uses = ", ".join(f"algorithm.{k}" for k in reads) or "no other algorithm key"
+        raise ctx.error(key, f"{getattr(a, f.name)!r} does not apply to algorithm.name={a.name!r} (it reads {uses})")
 
 
 def _validate(ctx: _Ctx, data: Any) -> Config:

@@ -28,11 +28,8 @@ def aggregate(algo: Algorithm, messages: list[tuple[int, Message]], global_state
             raise WireError(f"message from rank {rank}, client {h.client_id}, round {round_}: {exc}") from exc
         if not (h.weight > 0):
             raise WireError(f"message from rank {rank}, client {h.client_id}, round {round_}: weight {h.weight} <= 0")
+        a = h.weight if algo.weighted else 1.0
         for name, t in (*upd.deltas.items(), *upd.buffers.items()):
-            acc[name].add_(t, alpha=h.weight)
-        total += h.weight
-    new = {}
-    for name in spec.names:
-        mean = acc[name].div_(total)
-        new[name] = global_state[name] + server_lr * mean if name in spec.params else mean
-    return new
+            acc[name].add_(t, alpha=a)
+        total += a
+    return algo.server_step(global_state, {n: acc[n].div_(total) for n in spec.names}, server_lr)

@@ -2,7 +2,11 @@
 
 A client round is: `begin` (set up the local problem from the global state) -> the shared SGD loop in
 `fedmrn_mpi.training.local` calls `materialize` once per step and updates `LocalProblem.trainables` -> `encode`
-(payload bytes). On the server, `decode` turns one payload back into an `Update` that the aggregator averages.
+(payload bytes). On the server, `decode` turns one payload back into an `Update`; the aggregator averages the
+updates in client-id order and `server_step` turns the mean into the new global state. Optional parts:
+`client_state_shapes` (per-client arrays kept between a client's rounds, e.g. error-feedback residuals; the
+runner keeps them by client id and hands them over in `ClientContext.state`) and `eval_state` (the model
+that is evaluated, when it is not the global state itself).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class ClientContext:
     num_batches: int     # batches per epoch
     total_steps: int
     device: torch.device
+    # this client's persistent state (see Algorithm.client_state_shapes): read and replaced by `encode`
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Algorithm(ABC):
 
     name: str = ""
     algo_id: int = 0
+    options: tuple[str, ...] = ()   # the `algorithm.*` config keys it reads (besides name/weighting/downlink)
 
     def __init__(self, cfg: "Config", spec: ModelSpec) -> None:
         self.cfg = cfg
@@ -79,8 +86,27 @@ class Algorithm(ABC):
         """Rebuild a client's update from its payload and header seed."""
 
     def payload_nbytes(self) -> int:
-        """Exact payload size in bytes (the same for every client of a run)."""
+        """Exact payload size in bytes (the same for every client of a run), or, for algorithms with
+        `variable_payload`, an upper bound that the decoder enforces."""
         raise NotImplementedError
+
+    variable_payload: bool = False
+    weighted: bool = True   # False: every client counts once in the mean, whatever its header weight
+
+    def client_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """float32 arrays kept per client between its rounds (none by default)."""
+        return {}
+
+    def server_step(self, global_state: dict[str, torch.Tensor], mean: dict[str, torch.Tensor],
+                    server_lr: float) -> dict[str, torch.Tensor]:
+        """The new global state from the weighted mean of the decoded updates: w + η·mean for parameters (mean
+        of deltas), the mean itself for buffers (mean of values)."""
+        return {n: global_state[n] + server_lr * mean[n] if n in self.spec.params else mean[n]
+                for n in self.spec.names}
+
+    def eval_state(self, global_state: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
+        """The state the test set is evaluated with after round `round_` (the global state by default)."""
+        return global_state
 
     # shared helpers -------------------------------------------------------------------------------------
     def _float_payload(self, tensors: list[torch.Tensor]) -> np.ndarray:

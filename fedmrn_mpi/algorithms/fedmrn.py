@@ -59,6 +59,7 @@ def hard_share(step: int, total_steps: int, training: str) -> float:
 class FedMRN(Algorithm):
     name = "fedmrn"
     algo_id = 2
+    options = ("mask", "noise", "sigma", "training")
 
     @property
     def _a(self):
@@ -84,6 +85,8 @@ class FedMRN(Algorithm):
 
     def sample_delta(self, u: torch.Tensor, n: torch.Tensor, index: int, step: int, ctx: ClientContext) -> torch.Tensor:
         """Δ at one local step: each element hard with probability p = hard_share, soft otherwise."""
+        if self._a.training == "post":  # ablation: the dense update itself; masked only after the last step
+            return u.detach().clone()
         mask = self._a.mask
         p = hard_share(step, ctx.total_steps, self._a.training)
         c = clipped_ratio(u, n, mask)  # one division per step serves both q and the soft value

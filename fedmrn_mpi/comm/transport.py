@@ -34,7 +34,9 @@ POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
 ABORT_GRACE_SECONDS = 1.0
 TAG_URGENT = 7707  # point-to-point note from a client rank to rank 0, outside every collective
-CHANNELS = ("uplink", "downlink", "control")
+# uplink/downlink: the federated traffic; control: the protocol's own; state: per-client algorithm state that a
+# simulation moves to whichever rank trains the client (real clients would keep it at home)
+CHANNELS = ("uplink", "downlink", "control", "state")
 
 
 class Traffic:
@@ -214,6 +216,35 @@ class Transport:
         self.traffic.add(channel, received=int(counts.sum() - counts[self.rank]))
         views = [memoryview(recv)[int(offsets[r]): int(offsets[r + 1])] for r in range(self.size)]
         return Gathered(views, recv, counts)
+
+    def scatter(self, parts: list[np.ndarray] | None, channel: str) -> np.ndarray:
+        """Rank 0 sends `parts[r]` (uint8) to every rank r (sizes on the control channel, then Scatterv in
+        chunks); every rank returns its part (rank 0 its own). Other ranks pass None."""
+        if self.size == 1:
+            return np.ascontiguousarray(parts[0], dtype=np.uint8).reshape(-1)
+        counts = np.zeros(self.size, dtype=np.int64)
+        if self.is_server:
+            parts = [np.ascontiguousarray(p, dtype=np.uint8).reshape(-1) for p in parts]
+            counts[:] = [p.nbytes for p in parts]
+        self.bcast(counts, "control")
+        mine = np.empty(int(counts[self.rank]), dtype=np.uint8)
+        step = self._chunk()
+        for i in range(max(1, -(-int(counts.max()) // step))):
+            lo = i * step
+            part = np.clip(counts - lo, 0, step)
+            recv = mine[lo: lo + int(part[self.rank])]
+            if self.is_server:
+                displs = np.zeros(self.size, dtype=np.int64)
+                np.cumsum(part[:-1], out=displs[1:])
+                send = np.concatenate([p[lo: lo + int(part[r])] for r, p in enumerate(parts)])
+                self._wait(self.comm.Iscatterv([send, part, displs, MPI.BYTE], recv, root=0))
+            else:
+                self._wait(self.comm.Iscatterv(None, recv, root=0))
+        if self.is_server:
+            self.traffic.add(channel, sent=int(counts.sum() - counts[0]))
+        else:
+            self.traffic.add(channel, received=mine.nbytes)
+        return mine
 
     def barrier(self) -> None:
         if self.size > 1:

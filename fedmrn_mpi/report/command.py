@@ -12,7 +12,7 @@ from .front import EXIT_ERROR, parse_and_load
 from .plots import write_plots
 from .repro import repro_warning
 from .scaling import scaling_groups
-from .table import scaling_table, summary_table
+from .table import scaling_table, summary_table, target_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +21,17 @@ def _parser() -> argparse.ArgumentParser:
                                             "with -o.")
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="results files (finished or still running)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write PNG plots into DIR (created if missing)")
+    p.add_argument("--target", metavar="ACC", type=_accuracy,
+                   help="also list the rounds (and uplink) each run needed to reach this test accuracy, "
+                        "e.g. 0.8 or 80%%")
     return p
+
+
+def _accuracy(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an accuracy in (0, 1] or (0%, 100%]")
+    return value
 
 
 def main_report(argv: Sequence[str]) -> int:
@@ -35,6 +45,9 @@ def main_report(argv: Sequence[str]) -> int:
         print(f"fedmrn-mpi report: error: {out_dir}: exists and is not a directory", file=sys.stderr)
         return EXIT_ERROR
     print(summary_table(runs))
+    if args.target is not None:
+        print()
+        print(target_table(runs, args.target))
     warning = repro_warning(runs)
     if warning:
         print()

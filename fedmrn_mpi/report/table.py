@@ -68,6 +68,30 @@ def summary_table(runs: Sequence[Run]) -> str:
     return render_table(SUMMARY_HEADERS, rows, left=(0, 1)) + "\n\n" + "\n".join(SUMMARY_NOTES)
 
 
+def rounds_to_target(run: Run, target: float) -> tuple[int, int] | None:
+    """(first evaluated round with test accuracy >= target, uplink bytes of all clients up to it), or None."""
+    import numpy as np
+
+    hit = np.flatnonzero(np.isfinite(run.test_accuracy) & (run.test_accuracy >= target))
+    if hit.size == 0:
+        return None
+    i = int(hit[0])
+    return int(run.rounds[i]), int(run.uplink_bytes[: i + 1].sum())
+
+
+def target_table(runs: Sequence[Run], target: float) -> str:
+    """Per run: the round that first reached `target` test accuracy and the uplink spent to get there."""
+    rows = []
+    for r, name in zip(runs, display_names(runs)):
+        got = rounds_to_target(r, target)
+        best = r.best_eval
+        rows.append([name, r.algorithm_label, str(got[0]) if got else "not reached",
+                     format_bytes(got[1]) if got else "--", _pct(best[1]) if best else "--"])
+    return (f"Rounds to {_pct(target)} test accuracy (evaluated rounds only) and the uplink of all clients up to "
+            f"that round.\n" + render_table(("name", "algorithm", "round", "uplink to target", "best acc"), rows,
+                                             left=(0, 1)))
+
+
 def scaling_table(groups: Sequence[ScalingGroup]) -> str:
     """Speed-up and efficiency per group and world size."""
     rows = [[g.label, str(p), f"{s:.2f}", f"{sp:.2f}x", f"{100 * e:.0f}%"]

@@ -68,8 +68,27 @@ class Run:
 
     @property
     def algorithm_label(self) -> str:
-        """`fedmrn/binary`, `fedavg`, ..."""
-        return f"{self.algorithm}/{self.mask}" if self.algorithm == "fedmrn" and self.mask else self.algorithm
+        """`fedmrn/binary`, `fedmrn/signed/post`, `fedavg`, `topk/0.01+ef`, `qsgd/3`, ..."""
+        a = self._algorithm_config()
+        if self.algorithm == "fedmrn":
+            label = f"fedmrn/{self.mask}" if self.mask else "fedmrn"
+            return label + (f"/{a['training']}" if a.get("training", "psm") != "psm" else "")
+        label = self.algorithm
+        if self.algorithm == "qsgd" and "levels" in a:
+            label += f"/{a['levels']}"
+        if self.algorithm == "topk" and "fraction" in a:
+            label += f"/{a['fraction']:g}"
+        if self.algorithm == "fedbat" and a.get("rho"):
+            label += f"/rho{a['rho']:g}"
+        return label + ("+ef" if a.get("error_feedback") else "")
+
+    def _algorithm_config(self) -> dict:
+        try:
+            cfg = yaml.safe_load(self.config_yaml) if self.config_yaml else {}
+        except yaml.YAMLError:
+            return {}
+        a = cfg.get("algorithm") if isinstance(cfg, dict) else None
+        return a if isinstance(a, dict) else {}
 
     @property
     def rounds_done(self) -> int:

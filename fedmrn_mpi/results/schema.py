@@ -15,12 +15,13 @@ CLIENTS = "clients"  # rounds x clients_per_round
 RANKS = "ranks"      # rounds x world_size x phases
 MODEL = "model"      # the final global state, one float32 dataset per tensor
 
-# rounds/<field>: one value per round. control_bytes (size exchanges, timing rows, stop flags) is newer than
-# the others: older files lack it.
+# rounds/<field>: one value per round. control_bytes (size exchanges, rank reports) and state_bytes (per-client
+# algorithm state moved to and from the ranks that train the clients) are newer than the others: older files
+# lack them.
 ROUND_FIELDS: dict[str, type[np.generic]] = {
     "round": np.int64, "test_accuracy": np.float64, "test_loss": np.float64, "train_loss": np.float64,
     "uplink_bytes": np.int64, "downlink_bytes": np.int64, "wall_seconds": np.float64,
-    "resync": np.int64, "digest_mismatches": np.int64, "control_bytes": np.int64,
+    "resync": np.int64, "digest_mismatches": np.int64, "control_bytes": np.int64, "state_bytes": np.int64,
 }
 
 # clients/<field>: one value per sampled client per round; the row passed to the writer names them

@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import Config, config_hash
 from ..results import ResultsWriter
 from .checkpoint import checkpoint_dir, save_checkpoint
+from .client_states import ClientStates
 from .progress import progress_line
 from .resume import resume_identity
 
@@ -26,6 +27,7 @@ class Completed:
     state: dict                 # the global state after the round
     pending: dict | None        # its results row, not yet evaluated and written
     stop_requested: bool = False
+    client_states: "ClientStates | None" = None  # per-client algorithm state as of this round
 
 
 class Hook:
@@ -74,6 +76,7 @@ class CheckpointHook(Hook):
     def save(self, done: Completed, why: str) -> None:
         path = save_checkpoint(self.dir, done.round, {
             "state": done.state, "pending": done.pending, "identity": resume_identity(self.cfg),
-            "config_sha256": config_hash(self.cfg), "version": __version__, "seed": self.cfg.seed})
+            "config_sha256": config_hash(self.cfg), "version": __version__, "seed": self.cfg.seed,
+            "client_states": done.client_states.as_tensors() if done.client_states is not None else {}})
         self.log(f"checkpoint after round {done.round} ({why}): {path}", flush=True)
 

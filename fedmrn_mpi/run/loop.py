@@ -20,10 +20,11 @@ from .faults import maybe_corrupt_state, maybe_inject_fault, maybe_signal_at_exi
 from .progress import PhaseTimer
 from .roles import FLAG_DONE, FLAG_STOP, ClientPart, ServerPart, plan_round
 from .setup import prepare
-from .start import start_server
+from .start import client_states, start_server
 from .stop import EXIT_STOPPED, SIGNALS, StopNow
 
 CURRENT_ROUND = [0]  # read by the CLI's error handler: which round failed
+EMPTY = np.empty(0, dtype=np.uint8)
 
 
 def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., None] = print,
@@ -34,6 +35,7 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
     timer = PhaseTimer()
     server = start_server(cfg, su, transport, timer, out_path, resume, log)
     client = ClientPart(cfg, su, transport, timer) if transport.runs_clients else None
+    states = server.client_states if server else client_states(su)
     masks_down = cfg.algorithm.downlink == "masks" and transport.size > 1
     flat, state, ctrl = FlatState(su.spec.shapes), su.state, np.zeros(2, dtype=np.int64)
     try:
@@ -55,10 +57,15 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
             if server is not None:
                 server.flush_pending(state)  # evaluate the model just broadcast while the clients train
             maybe_inject_fault(transport.rank, plan.round, transport.poll, lambda: SIGNALS.requested)
-            mine = client.train(plan, state) if client else np.empty(0, dtype=np.uint8)
+            if states is not None:  # per-client state goes to the rank that trains the client
+                with timer("broadcast"):
+                    held = states.send(transport, plan.assignment)
+            mine, new_held = client.train(plan, state, held if states else None) if client else (EMPTY, {})
             transport.sync()
             with timer("gather"):
                 got = transport.gather(mine, "uplink")
+                if states is not None:
+                    states.collect(transport, new_held)
             messages, new_state = server.aggregate(plan, got, state) if server else ([], state)
             if masks_down:  # every rank rebuilds the same global model from the relayed uploads
                 with timer("broadcast"):

@@ -29,6 +29,7 @@ class Start:
     state: dict | None = None
     pending: dict | None = None         # last completed round's row, not yet evaluated
     rows: int = 0                       # rounds already in the results file
+    client_states: dict | None = None   # per-client algorithm state (see run/client_states.py)
     complete: bool = False
     note: str = ""
 
@@ -72,5 +73,6 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
                               f"rounds={cfg.rounds}")
     pending = ck.get("pending")
     return Start(round=ck["round"] + 1, state=ck["state"], pending=pending or None,
+                 client_states=ck.get("client_states") or None,
                  rows=ck["round"] - (1 if pending else 0),
                  note=f"resuming after round {ck['round']} from {ck['path']}")

@@ -20,6 +20,7 @@ from ..comm.transport import CHANNELS
 from ..config import Config
 from ..results import PHASES, ResultsWriter, format_duration
 from ..training import assign_clients, evaluate, sample_clients, train_client
+from .client_states import ClientStates
 from .hooks import CheckpointHook, Completed, Hook
 from .progress import PhaseTimer, round_phases
 from .setup import Setup
@@ -74,18 +75,23 @@ class ClientPart:
     def __init__(self, cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer) -> None:
         self.cfg, self.su, self.rank, self.timer = cfg, su, transport.rank, timer
 
-    def train(self, plan: Plan, state: dict) -> np.ndarray:
-        """This rank's uploads for the round, back to back (empty if it has no client)."""
-        su, uploads = self.su, []
+    def train(self, plan: Plan, state: dict, client_states: dict[int, dict] | None = None) -> tuple[np.ndarray, dict]:
+        """This rank's uploads for the round, back to back (empty if it has no client), and its clients' new
+        per-client states (when the algorithm keeps any; `client_states` holds the old ones)."""
+        su, uploads, new_states = self.su, [], {}
         for cid in plan.assignment.get(self.rank, []):
             ctx = su.local.context(plan.round, cid, int(su.sizes[cid]), su.device)
+            if client_states is not None:
+                ctx.state = {n: t.to(su.device) for n, t in client_states.get(cid, {}).items()}
             idx = su.parts[cid]
             res = train_client(su.model, su.algo, state, su.x_train[idx], su.y_train[idx], ctx, su.local,
                                timer=self.timer)
             with self.timer("encode"):
                 uploads.append(encode_message(su.algo.algo_id, plan.round, cid, res.seed, res.weight,
                                               res.train_loss, res.payload))
-        return np.concatenate(uploads) if uploads else np.empty(0, dtype=np.uint8)
+            if client_states is not None:
+                new_states[cid] = ctx.state
+        return np.concatenate(uploads) if uploads else np.empty(0, dtype=np.uint8), new_states
 
     def rebuild(self, plan: Plan, relay: np.ndarray, state: dict) -> dict:
         """The new global state from the relayed uploads of every sampled client (same sums as rank 0)."""
@@ -98,13 +104,14 @@ class ServerPart:
 
     def __init__(self, cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer,
                  writer: ResultsWriter | None, checkpoints: CheckpointHook, hooks: list[Hook], first_round: int,
-                 pending: dict | None, log: Callable[..., None]) -> None:
+                 pending: dict | None, log: Callable[..., None], client_states: ClientStates | None) -> None:
         self.cfg, self.su, self.timer, self.writer, self.log = cfg, su, timer, writer, log
+        self.client_states = client_states
         self.checkpoints, self.hooks, self.first_round = checkpoints, [checkpoints, *hooks], first_round
         self.masks_down = cfg.algorithm.downlink == "masks" and transport.size > 1
         # writer None: the run was already complete, nothing to do
         done = first_round - 1 if writer is not None else cfg.rounds
-        self.last = Completed(done, su.state, pending)
+        self.last = Completed(done, su.state, pending, client_states=client_states)
         self.resync = True  # the first round (also after a resume) sends the full state
         self.t_start = time.perf_counter()
 
@@ -130,8 +137,9 @@ class ServerPart:
         r = row["round"]
         if self.cfg.eval_every and r % self.cfg.eval_every == 0 or r == self.cfg.rounds:
             with self.timer("evaluate"):
-                row["test_accuracy"], row["test_loss"] = evaluate(self.su.model, state, self.su.x_test,
-                                                                  self.su.y_test, transform=self.su.local.transform)
+                row["test_accuracy"], row["test_loss"] = evaluate(
+                    self.su.model, self.su.algo.eval_state(state, r), self.su.x_test, self.su.y_test,
+                    transform=self.su.local.transform)
         else:
             row["test_accuracy"] = row["test_loss"] = math.nan
         self.last.pending = None
@@ -148,7 +156,9 @@ class ServerPart:
             self.log(f"round {plan.round}: model digest differs on rank(s) {mismatched}; full float32 resync "
                      f"next round", flush=True)
         self.resync = bool(mismatched)
-        self.last = Completed(plan.round, state, row, stop and plan.round < self.cfg.rounds)
+        if self.client_states is not None:
+            self.client_states.commit()
+        self.last = Completed(plan.round, state, row, stop and plan.round < self.cfg.rounds, self.client_states)
         for h in self.hooks:
             h.round_completed(self.last)
 
@@ -193,6 +203,7 @@ def _round_row(plan: Plan, messages: list, table: np.ndarray, report_bytes: int,
         # rank reports gathered at the end of the round
         "uplink_bytes": int(recv[0, ch["uplink"]]), "downlink_bytes": int(sent[0, ch["downlink"]]),
         "control_bytes": int(sent[:, ch["control"]].sum() + report_bytes),
+        "state_bytes": int(sent[:, ch["state"]].sum()),
         "wall_seconds": wall, "resync": int(resync), "digest_mismatches": mismatched,
         "phase_seconds": round_phases(table[:, :_SENT], wall),
         "clients_sampled": plan.sampled, "clients_rank": np.array([by_client[c][0] for c in order]),

@@ -10,6 +10,7 @@ from .. import __version__
 from ..comm import Transport
 from ..config import Config
 from ..results import ResultsWriter
+from .client_states import ClientStates
 from .hooks import CheckpointHook, ProgressHook, ResultsHook
 from .progress import PhaseTimer
 from .resume import plan_start
@@ -27,12 +28,15 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
     if start.note:
         log(f"fedmrn_mpi: {start.note}", flush=True)
     checkpoints = CheckpointHook(cfg, out_path, log)
+    states = client_states(su)
     if start.complete:
-        return ServerPart(cfg, su, transport, timer, None, checkpoints, [], cfg.rounds + 1, None, log)
+        return ServerPart(cfg, su, transport, timer, None, checkpoints, [], cfg.rounds + 1, None, log, states)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     attrs = environment_attrs(cfg, su, transport, facts)
     if start.state is not None:
         su.state = {n: t.to(su.device) for n, t in start.state.items()}
+        if states is not None:
+            states.load(start.client_states)
         writer = ResultsWriter.reopen(out_path, start.rows, attrs, transport.size)
     else:
         static = {"partition/sizes": su.sizes, "partition/label_counts": su.label_counts}
@@ -44,4 +48,10 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
         f"upload {su.algo.payload_nbytes()} B/client; results -> {out_path}")
     log(f"devices: {ranks_text(attrs['rank_devices'])}", flush=True)
     hooks = [ResultsHook(writer), ProgressHook(cfg, start.round, log)]
-    return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log)
+    return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log, states)
+
+
+def client_states(su: Setup) -> ClientStates | None:
+    """The per-client state store, on every rank, when the algorithm keeps per-client state."""
+    shapes = su.algo.client_state_shapes()
+    return ClientStates(shapes) if shapes else None

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fedmrn_mpi.comm.transport import CHANNELS
 from fedmrn_mpi.comm.wire import HEADER_SIZE
 
 
@@ -41,7 +42,7 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
         assert np.all(sent[:, 0] == f["rounds/downlink_bytes"][:] + 2 * 8)  # + its own (empty) upload size
         assert np.all(recv[:, 0] == f["rounds/uplink_bytes"][:] + 2 * 8)  # + the others' upload sizes
         # control: upload sizes (every rank to the 2 others) + the 2 client ranks' end-of-round reports
-        report = 8 * (7 + 2 * 3 + 1)
+        report = 8 * (7 + 2 * len(CHANNELS) + 1)
         assert np.all(f["rounds/control_bytes"][:] == 3 * 2 * 8 + 2 * report)
         assert f["clients/sampled"].shape == (2, 4) and set(np.unique(f["clients/rank"][:])) <= {1, 2}
         ph = f["rounds/phase_seconds"]

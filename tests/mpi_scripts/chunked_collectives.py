@@ -1,4 +1,4 @@
-"""Run under mpirun: gather and broadcast byte buffers through chunks smaller than the buffers.
+"""Run under mpirun: gather, scatter and broadcast byte buffers through chunks smaller than the buffers.
 
 Usage: python chunked_collectives.py LIMIT. Exits non-zero (and prints why) on any mismatch.
 """
@@ -31,6 +31,10 @@ def main() -> None:
         t.bcast(arr, "downlink")
         if arr.tobytes() != payload(99, base).tobytes():
             sys.exit(f"bcast mismatch on rank {t.rank} at base {base}")
+        sizes = [base + 5 * r if base else 0 for r in range(t.size)]
+        mine = t.scatter([payload(200 + r, n) for r, n in enumerate(sizes)] if t.is_server else None, "state")
+        if mine.tobytes() != payload(200 + t.rank, sizes[t.rank]).tobytes():
+            sys.exit(f"scatter mismatch on rank {t.rank} at base {base}")
         relay = t.bcast_bytes(payload(98, base + 3) if t.is_server else None, "downlink")
         if relay.tobytes() != payload(98, base + 3).tobytes():
             sys.exit(f"bcast_bytes mismatch on rank {t.rank} at base {base}")

@@ -174,3 +174,20 @@ def test_aggregate_weighted_mean_in_client_order():
     new_rev = aggregate(algo, msgs[::-1], state, 1.0, 1, CPU)
     for n in spec.names:
         assert torch.equal(new[n], new_rev[n])
+
+
+def test_post_training_ablation_trains_the_dense_update_and_masks_it_only_at_the_end():
+    cfg, model, spec, algo, state, ctx = setup("algorithm.training=post")
+    prob = algo.begin(state, ctx)
+    name = spec.masked[1]
+    with torch.no_grad():
+        prob.trainables[name].normal_(0.0, 0.02)  # a dense update, mostly outside the noise's range
+    for step in (1, ctx.total_steps):
+        params = algo.materialize(prob, step, ctx)
+        # the forward sees w + u itself: no clipping, no sampling
+        assert torch.equal(params[name], state[name] + prob.trainables[name])
+    bits = algo.final_bits(prob, ctx)[name]
+    n = prob.extra["noise"][name]
+    q = (prob.trainables[name] / n).clamp(0, 1)
+    # the final draw follows q = clip(u/n, 0, 1): certain where q is 0 or 1
+    assert not bits[q == 0].any() and bits[q == 1].all()

@@ -30,7 +30,7 @@ def _row(r: int) -> dict:
     """One round as the runner hands it to ResultsWriter.append_round."""
     return {"round": r, "test_accuracy": 0.1 * r, "test_loss": 2.0 - 0.1 * r, "train_loss": 1.0 / r,
             "uplink_bytes": 300 * r, "downlink_bytes": 4000, "wall_seconds": 0.5, "resync": int(r == 1),
-            "digest_mismatches": 0, "control_bytes": 64 + r,
+            "digest_mismatches": 0, "control_bytes": 64 + r, "state_bytes": 0,
             "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [2 * r, 2 * r + 1],
             "clients_rank": [1, 2], "clients_uplink_bytes": [150 * r, 150 * r], "clients_train_loss": [1.0, 0.5],
             "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.05)}
