@@ -5,11 +5,18 @@ The config accepts exactly the names in REGISTRY: an algorithm becomes selectabl
 
 from .aggregate import aggregate
 from .base import Algorithm, ClientContext, LocalProblem, Update
+from .eden import EDEN
 from .fedavg import FedAvg
+from .fedbat import FedBAT
 from .fedmrn import FedMRN
+from .fedpm import FedPM
+from .qsgd import QSGD
+from .signsgd import SignSGD
 from .spec import ModelSpec, model_spec
+from .topk import TopK
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedMRN, FedAvg)}
+REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedMRN, FedAvg, SignSGD, QSGD, TopK, EDEN,
+                                                                   FedPM, FedBAT)}
 
 
 def make_algorithm(cfg, spec: ModelSpec) -> Algorithm:

@@ -93,6 +93,10 @@ class Algorithm(ABC):
     variable_payload: bool = False
     weighted: bool = True   # False: every client counts once in the mean, whatever its header weight
 
+    def uses_adam(self, name: str) -> bool:
+        """Whether trainable `name` takes Adam steps (moments reset every round) instead of plain SGD."""
+        return False
+
     def client_state_shapes(self) -> dict[str, tuple[int, ...]]:
         """float32 arrays kept per client between its rounds (none by default)."""
         return {}

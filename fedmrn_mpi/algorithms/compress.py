@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Algorithm, ClientContext, LocalProblem, Update
+from .base import ClientContext, LocalProblem, Update
 from .fedavg import FedAvg
 
 

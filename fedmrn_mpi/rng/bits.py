@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["pack_bits", "unpack_bits", "packed_nbytes"]
+__all__ = ["check_padding", "pack_bits", "pack_planes", "packed_nbytes", "unpack_bits", "unpack_planes"]
 
 # Reinterpreting 8 bytes as one int64 word assumes little-endian memory (x86, ARM, every CUDA GPU).
 assert sys.byteorder == "little", "fedmrn_mpi.bits assumes a little-endian machine"
@@ -74,3 +74,29 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     x = (x | (x << 14)).bitwise_and_(0x0003000300030003)
     x = (x | (x << 7)).bitwise_and_(0x0101010101010101)
     return x.view(torch.uint8).view(torch.bool)[:numel]
+
+
+def check_padding(packed: np.ndarray, nbits: int, what: str) -> None:
+    """The unused high bits of the last byte of a pack_bits field must be zero (cheap corruption check)."""
+    used = nbits % 8
+    if used and packed.size and int(packed[-1]) >> used:
+        raise ValueError(f"{what}: non-zero padding bits in the last byte")
+
+
+def pack_planes(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Non-negative integers (1-D, each < 2**width) -> `ceil(width·n/8)` bytes: bit `p` of `values[i]` is bit
+    `p·n + i` of the packed field (plane-major, pack_bits order)."""
+    n = values.numel()
+    planes = torch.empty((width, n), dtype=torch.bool, device=values.device)
+    for p in range(width):  # one vectorised pass per bit plane
+        planes[p] = ((values >> p) & 1).bool()
+    return pack_bits(planes)
+
+
+def unpack_planes(packed: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """Inverse of pack_planes: int64 tensor of `n` values on the device of `packed`."""
+    planes = unpack_bits(packed, width * n).reshape(width, n)
+    out = torch.zeros(n, dtype=torch.int64, device=packed.device)
+    for p in range(width):
+        out |= planes[p].to(torch.int64) << p
+    return out

@@ -145,6 +145,8 @@ def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[
         "cpu_capability": _uniform([f["cpu_capability"] for f in workers]),
         "num_masked_params": su.spec.num_masked, "num_unmasked_values": su.spec.num_unmasked,
         "payload_bytes_per_client": su.algo.payload_nbytes(),
+        # uplink bits per value of the model state (payload only; the 56-byte header adds 448 bits per message)
+        "payload_bits_per_param": 8 * su.algo.payload_nbytes() / (su.spec.num_masked + su.spec.num_unmasked),
     }
 
 

@@ -73,7 +73,11 @@ def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.
                y: torch.Tensor, ctx: ClientContext, settings: LocalTraining):
     model.train()
     problem = algo.begin(global_state, ctx)
+    names = list(problem.trainables)
     leaves = list(problem.trainables.values())
+    sgd = [i for i, n in enumerate(names) if not algo.uses_adam(n)]
+    sgd_set = set(sgd)
+    adam = _Adam([leaves[i] for i in range(len(names)) if i not in sgd_set], settings.lr)
     order = torch_generator(derive_seed(settings.root_seed, "order", ctx.round, ctx.client_id))
     n, bs, lr = ctx.num_samples, settings.batch_size, settings.lr
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -90,6 +94,31 @@ def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.
             loss = F.cross_entropy(logits, y[idx])
             grads = torch.autograd.grad(loss, leaves)
             with torch.no_grad():
-                torch._foreach_add_(leaves, grads, alpha=-lr)
+                if adam.params:
+                    torch._foreach_add_([leaves[i] for i in sgd], [grads[i] for i in sgd], alpha=-lr)
+                    adam.step([g for i, g in enumerate(grads) if i not in sgd_set])
+                else:
+                    torch._foreach_add_(leaves, grads, alpha=-lr)
                 loss_sum += loss.detach()
     return problem, float(loss_sum) / max(step, 1)
+
+
+class _Adam:
+    """Adam (β = 0.9, 0.999, ε = 1e-8) on a list of leaves as a few foreach ops; moments start at zero every
+    round, since a client's local problem is rebuilt each round (for the algorithms that ask for it)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.lr, (self.b1, self.b2), self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.t += 1
+        torch._foreach_mul_(self.m, self.b1)
+        torch._foreach_add_(self.m, grads, alpha=1 - self.b1)
+        torch._foreach_mul_(self.v, self.b2)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - self.b2)
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denom, (1 - self.b2 ** self.t) ** 0.5)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(self.params, self.m, denom, value=-self.lr / (1 - self.b1 ** self.t))

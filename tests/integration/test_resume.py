@@ -10,6 +10,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, mpirun_path
 from fedmrn_mpi.run.checkpoint import checkpoint_dir, list_checkpoints
@@ -194,3 +195,22 @@ def test_resume_of_a_finished_run_with_another_config_is_refused(cli, tmp_path):
     assert cli(_args(out, "rounds=1")).returncode == 0
     res = cli(_args(out, "rounds=1", "lr=0.05", "--resume"))
     assert res.returncode != 0 and "different configuration" in res.stderr
+
+
+def test_per_client_state_survives_a_stop_and_a_resume_on_another_rank_count(cli, tmp_path):
+    """Error-feedback residuals are kept by client id: a run stopped after round 2 on 3 ranks and resumed on
+    2 gives the digest of an uninterrupted one-process run."""
+    over = ["rounds=4", "algorithm.name=topk", "algorithm.error_feedback=true", "algorithm.fraction=0.05"]
+    out, proc, log, _ = _held_run(cli, tmp_path, over, hold_rank=1, kind="pause")
+    with log:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    text = (tmp_path / "log.txt").read_text()
+    assert rc == EXIT_STOPPED and "checkpoint after round 2" in text, text
+    ck = torch.load(list_checkpoints(checkpoint_dir(str(out)))[-1], weights_only=True)
+    assert ck["client_states"], "the residuals of the clients seen so far are in the checkpoint"
+    res = cli(_args(out, *over, "--resume"), nprocs=2)
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
+        assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
+        assert np.array_equal(a["rounds/test_accuracy"][:], b["rounds/test_accuracy"][:], equal_nan=True)

@@ -456,3 +456,16 @@ def test_boolean_keys() -> None:
 
 def test_post_training_ablation_is_a_fedmrn_training_mode() -> None:
     assert load_config(None, ["algorithm.training=post"]).algorithm.training == "post"
+
+
+def test_compare_configs_are_what_the_generator_writes() -> None:
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, str(CONFIGS.parent / "scripts" / "make_compare_configs.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    names = {p.name for p in (CONFIGS / "compare").glob("*.yaml")}
+    from fedmrn_mpi.algorithms import REGISTRY
+    used = {load_config(CONFIGS / "compare" / n).algorithm.name for n in names}
+    assert used == set(REGISTRY)  # every implemented method is compared
+    assert len(names) == 20 and {n.split("-")[0] for n in names} == {"iid", "dir0.3"}
