@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import REGISTRY, aggregate
 from fedmrn_mpi.algorithms.qsgd import QSGD
 from fedmrn_mpi.rng.bits import pack_planes, unpack_planes
 from fedmrn_mpi.algorithms.signsgd import SignSGD
 from fedmrn_mpi.algorithms.topk import TopK, index_bits, select_topk, topk_count, uses_bitmap
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
 from fedmrn_mpi.config import ConfigError, load_config
-from fedmrn_mpi.models import build_model, global_state
 from fedmrn_mpi.training import LocalTraining, train_client
+
+from algo_helpers import algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 CODECS = (SignSGD, QSGD, TopK)
@@ -34,13 +35,7 @@ def registered():
 
 
 def setup(*overrides, total_steps=2):
-    cfg = load_config(None, list(overrides))
-    model = build_model("cnn4", 1, 28, 10, seed=0)
-    spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
-    state = {k: v.detach().clone() for k, v in global_state(model).items()}
-    ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
-    return cfg, model, spec, algo, state, ctx
+    return algo_setup(*overrides, total_steps=total_steps)
 
 
 def perturbed_problem(algo, state, ctx, seed=1, scale=0.01):

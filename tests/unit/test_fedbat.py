@@ -6,27 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import REGISTRY, aggregate
 from fedmrn_mpi.algorithms.fedbat import (ALPHA_MAX, ALPHA_MIN, FedBAT, binarize, log_scale_key, scale)
 from fedmrn_mpi.algorithms.spec import ModelSpec
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
 from fedmrn_mpi.config import load_config
-from fedmrn_mpi.models import build_model, global_state
 from fedmrn_mpi.rng.noise import make_stream, uniform01
 from fedmrn_mpi.training import LocalTraining, train_client
+
+from algo_helpers import algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 REGISTRY.setdefault(FedBAT.name, FedBAT)  # the owner registers it in algorithms/__init__.py
 
 
 def setup(*overrides, total_steps=10):
-    cfg = load_config(None, ["algorithm.name=fedbat", *overrides])
-    model = build_model("cnn4", 1, 28, 10, seed=0)
-    spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
-    state = {k: v.detach().clone() for k, v in global_state(model).items()}
-    ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
-    return cfg, model, spec, algo, state, ctx
+    return algo_setup("algorithm.name=fedbat", *overrides, total_steps=total_steps)
 
 
 def set_latent(prob, spec, seed=0, scale_=0.01):

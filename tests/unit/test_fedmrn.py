@@ -5,26 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedmrn_mpi.algorithms import make_algorithm
 from fedmrn_mpi.algorithms.fedmrn import hard_share, soft_value
 from fedmrn_mpi.training import LocalTraining, train_client
-from fedmrn_mpi.config import load_config
-from fedmrn_mpi.models import build_model, global_state
-from fedmrn_mpi.algorithms import model_spec
 from fedmrn_mpi.algorithms import aggregate
 from fedmrn_mpi.comm.wire import decode_messages, encode_message
+
+from algo_helpers import algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def setup(*overrides, total_steps=10):
-    cfg = load_config(None, list(overrides))
-    model = build_model("cnn4", 1, 28, 10, seed=0)
-    spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
-    state = {k: v.detach().clone() for k, v in global_state(model).items()}
-    ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
-    return cfg, model, spec, algo, state, ctx
+    return algo_setup(*overrides, total_steps=total_steps)
 
 
 @pytest.mark.parametrize("training", ["psm", "sm", "deterministic"])
