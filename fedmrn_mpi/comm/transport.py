@@ -128,9 +128,17 @@ class Transport:
             return 0.0
         return self._wait(self.comm.Ibarrier())
 
-    def _chunk(self) -> int:
-        # per-rank piece so that one gather's total and displacements stay below the int limit
-        return max(1, self.chunk_limit // max(self.size, 1))
+    def _pieces(self, counts: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(offset, bytes per rank, displacements) of each call of a chunked Gatherv/Scatterv: every rank's
+        share is cut into pieces of at most limit // P bytes, so totals and displacements stay C ints."""
+        step = max(1, self.chunk_limit // max(self.size, 1))
+        out = []
+        for i in range(max(1, -(-int(counts.max()) // step))):
+            part = np.clip(counts - i * step, 0, step)
+            displs = np.zeros(self.size, dtype=np.int64)
+            np.cumsum(part[:-1], out=displs[1:])
+            out.append((i * step, part, displs))
+        return out
 
     # collectives --------------------------------------------------------------------------------------
     def _count_bcast(self, channel: str, nbytes: int) -> None:
@@ -193,18 +201,13 @@ class Transport:
         offsets = np.zeros(self.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         recv = np.empty(int(offsets[-1]), dtype=np.uint8) if self.is_server else None
-        step = self._chunk()
-        pieces = max(1, -(-int(counts.max()) // step))
-        for i in range(pieces):
-            lo = i * step
-            part = np.clip(counts - lo, 0, step)
+        pieces = self._pieces(counts)
+        for lo, part, displs in pieces:
             mine = data[lo: lo + int(part[self.rank])]
             if self.is_server:
-                displs = np.zeros(self.size, dtype=np.int64)
-                np.cumsum(part[:-1], out=displs[1:])
-                tmp = recv if pieces == 1 else np.empty(int(part.sum()), dtype=np.uint8)
+                tmp = recv if len(pieces) == 1 else np.empty(int(part.sum()), dtype=np.uint8)
                 self._wait(self.comm.Igatherv(mine, [tmp, part, displs, MPI.BYTE], root=0))
-                if pieces > 1:
+                if len(pieces) > 1:
                     for r in range(self.size):
                         if part[r]:
                             recv[offsets[r] + lo: offsets[r] + lo + part[r]] = tmp[displs[r]: displs[r] + part[r]]
@@ -228,14 +231,9 @@ class Transport:
             counts[:] = [p.nbytes for p in parts]
         self.bcast(counts, "control")
         mine = np.empty(int(counts[self.rank]), dtype=np.uint8)
-        step = self._chunk()
-        for i in range(max(1, -(-int(counts.max()) // step))):
-            lo = i * step
-            part = np.clip(counts - lo, 0, step)
+        for lo, part, displs in self._pieces(counts):
             recv = mine[lo: lo + int(part[self.rank])]
             if self.is_server:
-                displs = np.zeros(self.size, dtype=np.int64)
-                np.cumsum(part[:-1], out=displs[1:])
                 send = np.concatenate([p[lo: lo + int(part[r])] for r, p in enumerate(parts)])
                 self._wait(self.comm.Iscatterv([send, part, displs, MPI.BYTE], recv, root=0))
             else:
