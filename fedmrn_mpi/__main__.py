@@ -1,5 +1,6 @@
 """Command line: `python -m fedmrn_mpi [run -c CONFIG.yaml [-o OUT.h5] [--resume] [key.sub=value ...]]`,
-`python -m fedmrn_mpi report FILE.h5 [...] [-o DIR]`, `python -m fedmrn_mpi status FILE.h5`.
+`python -m fedmrn_mpi report FILE.h5 [...] [-o DIR]`, `python -m fedmrn_mpi status FILE.h5`,
+`python -m fedmrn_mpi data prepare|check -c CONFIG.yaml [...]`.
 
 Under `mpirun -n P` every rank runs this same program; rank 0 is the server.
 """
@@ -26,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys")
     sub.add_parser("report", help="tables and PNG plots from results files: report A.h5 [B.h5 ...] [-o DIR]")
     sub.add_parser("status", help="progress of a running or finished job: status RUN.h5")
+    sub.add_parser("data", help="the config's dataset without training: data prepare -c CONFIG -o DATA.h5 "
+                                "| data check -c CONFIG")
     return p
 
 
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "status":
         from .report import main_status
         return main_status(argv[1:])
+    if argv and argv[0] == "data":
+        from .run.data_commands import main_data
+        return main_data(argv[1:])
     from .run.stop import SIGNALS
     SIGNALS.install()  # before the slow imports: a stop signal during start-up must not kill the rank
     from .config import ConfigError, load_config

@@ -77,6 +77,16 @@ def _dataset_names() -> tuple[str, ...]:
     return tuple(DATASETS)
 
 
+def _dataset_alias(name: str) -> str | None:
+    from .data.registry import canonical_name
+    return canonical_name(name)
+
+
+def _augment_names() -> tuple[str, ...]:
+    from .data.augment import AUGMENTATIONS
+    return tuple(AUGMENTATIONS)
+
+
 def _partition_names() -> tuple[str, ...]:
     from .data.partition import PARTITION_SCHEMES
     return tuple(PARTITION_SCHEMES)
@@ -122,9 +132,12 @@ def _opt(
     ge: float | None = None,
     gt: float | None = None,
     lt: float | None = None,
+    alias: "typing.Callable[[str], str | None] | None" = None,
 ) -> Any:
-    """A leaf field with its validation rules in metadata (`choices`: a tuple, or a registry function)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt})
+    """A leaf field with its validation rules in metadata (`choices`: a tuple, or a registry function;
+    `alias`: maps other spellings of a choice to the choice, which is what the config then holds)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt,
+                                            "alias": alias})
 
 
 def _section(cls: type, help: str) -> Any:
@@ -162,8 +175,12 @@ class AlgorithmConfig:
 class DataConfig:
     """Dataset and its split over clients (docs/design.md#layout)."""
 
-    name: str = _opt("fashion_mnist", "dataset", choices=_dataset_names)
+    name: str = _opt("fashion_mnist", "dataset; also fmnist, cifar-10, ...",
+                     choices=_dataset_names, alias=_dataset_alias)
     dir: str | None = _opt(None, "dataset directory; null = the dataset's default location")
+    prepared: str | None = _opt(None, "file from `fedmrn-mpi data prepare`; null = read data.dir")
+    augment: str = _opt("auto", "training batches; auto = crop+flip for CIFAR, else none",
+                        choices=_augment_names)
     partition: str = _opt("iid", "split over clients: label skew or fixed classes",
                           choices=_partition_names)
     alpha: float = _opt(0.3, "Dirichlet concentration (partition=dirichlet)", gt=0)
@@ -355,6 +372,8 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
         raise TypeError(f"unsupported field type {tp!r} for {key}")
 
     choices = allowed(key, ctx.choices)
+    if choices is not None and value not in choices and meta.get("alias") is not None:
+        value = meta["alias"](value) or value
     if choices is not None and value not in choices:
         close = _suggest(value, choices)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

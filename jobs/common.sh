@@ -10,6 +10,8 @@
 #     fedmrn_setup                                   # cd, modules, venv, PYTHON
 #     fedmrn_args CONFIG OUT [RESUME]                # fedmrn_mpi's command line in the array `args`
 #     fedmrn_launch NTASKS "$PYTHON" -m fedmrn_mpi "${args[@]}"   # exec srun / mpirun
+# and the job arrays over a directory of configs, before fedmrn_args:
+#     fedmrn_array_config DIR [SELECT] [TAG]         # this task's config of DIR: `config`, `stem`, `task`
 #
 # Every variable below can be set in the environment of `sbatch` (it exports the environment to the job), which
 # overrides the default for that submission. Edit a default here to change it for every script.
@@ -27,7 +29,7 @@ MPIRUN=${MPIRUN:-mpirun}                  # the MPI's launcher (LAUNCHER=mpirun;
                                           # USR1/TERM to the ranks)
 MPIRUN_ARGS=${MPIRUN_ARGS:-}              # more mpirun options, e.g. "--bind-to none" (Open MPI)
 # ---- the run (scaling_array.sbatch reads CONFIGS and RESULTS instead of CONFIG and OUT) -------------------------
-CONFIG=${CONFIG:-configs/paper/fmnist_cnn4_fedmrn_binary.yaml}
+CONFIG=${CONFIG:-configs/paper/fmnist_cnn4_iid_fedmrn-binary.yaml}
 OVERRIDES=${OVERRIDES:-}                  # "key.sub=value ..." (see README: configuration keys)
 DATA_DIR=${DATA_DIR:-}                    # adds data.dir=$DATA_DIR when set
 OUT=${OUT:-results/${SLURM_JOB_NAME:-fedmrn}-${SLURM_JOB_ID:-local}.h5}
@@ -56,6 +58,42 @@ fedmrn_args() {
   # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
   args+=($OVERRIDES)
   if [ -n "$DATA_DIR" ]; then args+=("data.dir=$DATA_DIR"); fi
+}
+
+# fedmrn_array_config DIR [SELECT] [TAG]: the config of this array task, for the scripts that run a directory of
+# configs (compare_array, paper_array). The selection is DIR/*.yaml whose name without .yaml matches one of the shell
+# globs in SELECT (default `*`; several separated by spaces), sorted by name, bytewise whatever the locale; array task
+# i (SLURM_ARRAY_TASK_ID; outside Slurm TASK, default 0) takes the i-th. Sets `config` (its path), `stem` (its name
+# without .yaml), `task` (i) and the array `selected` (every selected path, in task order). An empty selection, or a
+# task index that is not a number or is beyond the selection, prints why (prefixed with [TAG]) and exits 2.
+fedmrn_array_config() {
+  local dir=$1 select=${2:-*} tag=${3:-array} f name pat pats=() found=() all=0
+  task=${SLURM_ARRAY_TASK_ID:-${TASK:-0}}
+  read -r -a pats <<< "$select"   # split on spaces, no pathname expansion
+  for f in "$dir"/*.yaml; do
+    [ -e "$f" ] || continue
+    all=$((all + 1)); name=${f##*/}; name=${name%.yaml}
+    for pat in "${pats[@]}"; do
+      # shellcheck disable=SC2053  # the right-hand side is a glob on purpose
+      if [[ $name == ${pat%.yaml} ]]; then found+=("$f"); break; fi
+    done
+  done
+  selected=()
+  if [ "${#found[@]}" -gt 0 ]; then mapfile -t selected < <(printf '%s\n' "${found[@]}" | LC_ALL=C sort); fi
+  if [ "${#selected[@]}" -eq 0 ]; then
+    echo "[$tag] SELECT='$select' picks none of the $all config(s) in $dir: nothing to run" >&2; exit 2
+  fi
+  if ! [[ $task =~ ^[0-9]+$ ]]; then echo "[$tag] the array task index '$task' is not a number" >&2; exit 2; fi
+  task=$((10#$task))
+  if [ "$task" -ge "${#selected[@]}" ]; then
+    local what="$dir has $all config(s)"
+    if [ "$select" != '*' ]; then what="SELECT='$select' picks ${#selected[@]} of the $all config(s) in $dir"; fi
+    echo "[$tag] array task $task has nothing to do: $what, tasks 0-$((${#selected[@]} - 1))" \
+         "(submit with --array=0-$((${#selected[@]} - 1)))" >&2
+    exit 2
+  fi
+  config=${selected[$task]}
+  stem=${config##*/}; stem=${stem%.yaml}
 }
 
 # fedmrn_launch NTASKS COMMAND [ARG...]: REPLACES this shell (exec) with $LAUNCHER running COMMAND on NTASKS ranks.

@@ -1,8 +1,11 @@
-"""Data layer: on-disk dataset readers, a name registry and federated partitioners."""
+"""Data layer: on-disk dataset readers, a name registry, federated partitioners and batch augmentation."""
 
+from . import augment
+from .augment import AUGMENTATIONS, crop_flip, make_augment
 from .partition import PARTITION_SCHEMES, classes, dirichlet, iid, partition, partition_stats
 from .readers import (
     NORMALIZATION,
+    SPLITS,
     Dataset,
     DatasetError,
     DatasetFileError,
@@ -17,21 +20,26 @@ from .readers import (
 from .registry import DATASETS, DEFAULT_DIRS, DatasetSpec, dataset_names, get_spec, load_dataset
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "DEFAULT_DIRS",
     "NORMALIZATION",
     "PARTITION_SCHEMES",
+    "SPLITS",
     "Dataset",
     "DatasetError",
     "DatasetFileError",
     "DatasetFormatError",
     "DatasetSpec",
+    "augment",
     "classes",
+    "crop_flip",
     "dataset_names",
     "dirichlet",
     "get_spec",
     "iid",
     "load_dataset",
+    "make_augment",
     "make_synthetic",
     "partition",
     "partition_stats",

@@ -6,8 +6,8 @@ Nothing is downloaded: every reader takes a directory that already holds the fil
 hashes are not, so re-packed copies of the same data load too.
 
 Images are kept as uint8 ``(N, C, H, W)`` pixels; :meth:`Dataset.normalize` (and ``x_train``/``x_test``)
-gives float32 normalised per channel as ``(pixel / 255 - mean[c]) / std[c]``, with the constants in
-:data:`NORMALIZATION` (mean and standard deviation of each dataset's *training* split, as in the literature).
+gives float32 normalised per channel as ``(pixel / 255 - mean[c]) / std[c]``, with per-split constants from
+:data:`NORMALIZATION` (the ones the FedMRN reference experiments' transforms use; see there).
 Labels are int64 ``(N,)`` tensors in ``0 .. num_classes - 1``.
 """
 
@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "NORMALIZATION",
+    "SPLITS",
     "Dataset",
     "DatasetError",
     "DatasetFileError",
@@ -38,20 +39,30 @@ __all__ = [
     "read_svhn",
     "make_synthetic",
     "normalize_images",
+    "source_files",
 ]
 
 PathLike = str | os.PathLike[str]
 
-#: Per-channel (mean, std) of the training split on the [0, 1] pixel scale.
-#: fashion_mnist was checked against the Debian package's files (0.28604, 0.35302); mnist, cifar10,
-#: cifar100 and svhn are the commonly published training-set statistics.
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+#: Per-channel ``(mean, std)`` on the [0, 1] pixel scale, per split: ``NORMALIZATION[name][split]`` with split
+#: "train" or "test". These are the constants of the FedMRN reference experiments' torchvision transforms
+#: (``Normalize(mean, std)`` in their train and test pipelines), so results are comparable with the paper's;
+#: they are not all the statistics of the split they are applied to:
+#:   - fashion_mnist normalises each split with that split's own statistics (checked against the Debian
+#:     package's files: train 0.28604/0.35302, test 0.28685/0.35244);
+#:   - mnist and cifar100 use the common training-set statistics for both splits;
+#:   - svhn uses one scalar per split (train 0.4496/0.1995, test 0.4560/0.2244), broadcast to the 3 channels;
+#:   - cifar10 uses the ImageNet constants for both splits.
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CIFAR100 = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+NORMALIZATION: dict[str, dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "mnist": {"train": ((0.1307,), (0.3081,)), "test": ((0.1307,), (0.3081,))},
+    "fashion_mnist": {"train": ((0.2860,), (0.3530,)), "test": ((0.2868,), (0.3524,))},
+    "cifar10": {"train": _IMAGENET, "test": _IMAGENET},
+    "cifar100": {"train": _CIFAR100, "test": _CIFAR100},
+    "svhn": {"train": ((0.4496,) * 3, (0.1995,) * 3), "test": ((0.4560,) * 3, (0.2244,) * 3)},
 }
+SPLITS = ("train", "test")
 
 
 class DatasetError(Exception):
@@ -72,7 +83,9 @@ class Dataset:
 
     Images are kept as they are stored on disk (uint8 pixels, 4x smaller than float32, which matters with
     dozens of ranks per node) and normalised per batch by :meth:`normalize`; ``x_train``/``x_test`` give
-    the whole split normalised. Datasets without pixels (synthetic) keep float32 images and no mean/std.
+    the whole split normalised. ``mean``/``std`` are the training split's constants, ``test_mean``/``test_std``
+    the test split's (empty: the same as training). Datasets without pixels (synthetic) keep float32 images,
+    which normalisation passes through.
     """
 
     images_train: torch.Tensor
@@ -84,18 +97,33 @@ class Dataset:
     source: str
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    test_mean: tuple[float, ...] = ()
+    test_std: tuple[float, ...] = ()
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 ``(pixel / 255 - mean[c]) / std[c]`` for uint8 images; float images pass through."""
-        return normalize_images(images, self.mean, self.std)
+    def normalization(self, split: str = "train") -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` for `split` ("train" or "test"); empty test constants fall back to the train ones."""
+        if split == "train":
+            return self.mean, self.std
+        if split == "test":
+            return (self.test_mean or self.mean), (self.test_std or self.std)
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+    def normalize(self, images: torch.Tensor, split: str = "train") -> torch.Tensor:
+        """float32 ``(pixel / 255 - mean[c]) / std[c]`` with `split`'s constants for uint8 images; float
+        images pass through."""
+        return normalize_images(images, *self.normalization(split))
+
+    def normalize_test(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`normalize` with the test split's constants."""
+        return self.normalize(images, "test")
 
     @property
     def x_train(self) -> torch.Tensor:
-        return self.normalize(self.images_train)
+        return self.normalize(self.images_train, "train")
 
     @property
     def x_test(self) -> torch.Tensor:
-        return self.normalize(self.images_test)
+        return self.normalize(self.images_test, "test")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -131,6 +159,12 @@ def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     m = torch.tensor(mean, dtype=torch.float32, device=images.device).reshape(shape)
     s = torch.tensor(std, dtype=torch.float32, device=images.device).reshape(shape)
     return images.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+def _constants(name: str) -> dict[str, tuple[float, ...]]:
+    """The :class:`Dataset` normalisation fields of dataset `name`, from :data:`NORMALIZATION`."""
+    (mean, std), (test_mean, test_std) = (NORMALIZATION[name][split] for split in SPLITS)
+    return {"mean": mean, "std": std, "test_mean": test_mean, "test_std": test_std}
 
 
 def _pixels(images: np.ndarray) -> torch.Tensor:
@@ -239,12 +273,16 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _idx_folder(root: Path, name: str) -> Path:
+    folders = [root, root / "raw", root / _TORCHVISION_NAMES[name] / "raw"]
+    return next((f for f in folders if _find_idx_file(f, _IDX_FILES["train"][0])), root)
+
+
 def _read_idx_dataset(data_dir: PathLike, name: str) -> Dataset:
     root = Path(data_dir).expanduser()
     hint = _IDX_HINTS[name]
     _check_dir(root, name, hint)
-    folders = [root, root / "raw", root / _TORCHVISION_NAMES[name] / "raw"]
-    folder = next((f for f in folders if _find_idx_file(f, _IDX_FILES["train"][0])), root)
+    folder = _idx_folder(root, name)
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, (image_stem, label_stem) in _IDX_FILES.items():
@@ -264,7 +302,6 @@ def _read_idx_dataset(data_dir: PathLike, name: str) -> Dataset:
         _check_labels(labels, 10, str(paths[1]))
         arrays[split] = (images[:, None, :, :], labels)
 
-    mean, std = NORMALIZATION[name]
     return Dataset(
         images_train=_pixels(arrays["train"][0]),
         y_train=_labels_tensor(arrays["train"][1]),
@@ -273,8 +310,7 @@ def _read_idx_dataset(data_dir: PathLike, name: str) -> Dataset:
         num_classes=10,
         name=name,
         source=str(folder),
-        mean=mean,
-        std=std,
+        **_constants(name),
     )
 
 
@@ -345,6 +381,17 @@ def _load_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _cifar_folder(root: Path, subdir: str, first_file: str) -> Path:
+    return root if (root / first_file).is_file() or not (root / subdir).is_dir() else root / subdir
+
+
+#: name -> (the folder the archive extracts to, training files, test file)
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch"),
+    "cifar100": ("cifar-100-python", ("train",), "test"),
+}
+
+
 def _read_cifar(
     data_dir: PathLike,
     name: str,
@@ -357,7 +404,7 @@ def _read_cifar(
 ) -> Dataset:
     root = Path(data_dir).expanduser()
     _check_dir(root, name, hint)
-    folder = root if (root / train_files[0]).is_file() or not (root / subdir).is_dir() else root / subdir
+    folder = _cifar_folder(root, subdir, train_files[0])
 
     def load(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
@@ -374,7 +421,6 @@ def _read_cifar(
 
     x_train, y_train = load(train_files)
     x_test, y_test = load([test_file])
-    mean, std = NORMALIZATION[name]
     return Dataset(
         images_train=_pixels(x_train),
         y_train=_labels_tensor(y_train),
@@ -383,8 +429,7 @@ def _read_cifar(
         num_classes=num_classes,
         name=name,
         source=str(folder),
-        mean=mean,
-        std=std,
+        **_constants(name),
     )
 
 
@@ -398,10 +443,8 @@ def read_cifar10(data_dir: PathLike) -> Dataset:
         f"Download the python version cifar-10-python.tar.gz from {_CIFAR_URL}, extract it (tar xzf) and "
         "set data.dir to the extracted cifar-10-batches-py folder or its parent. Nothing is downloaded at run time."
     )
-    return _read_cifar(
-        data_dir, "cifar10", "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10, hint,
-    )
+    subdir, train, test = _CIFAR_LAYOUT["cifar10"]
+    return _read_cifar(data_dir, "cifar10", subdir, train, test, "labels", 10, hint)
 
 
 def read_cifar100(data_dir: PathLike) -> Dataset:
@@ -411,7 +454,8 @@ def read_cifar100(data_dir: PathLike) -> Dataset:
         f"Download the python version cifar-100-python.tar.gz from {_CIFAR_URL}, extract it (tar xzf) and "
         "set data.dir to the extracted cifar-100-python folder or its parent. Nothing is downloaded at run time."
     )
-    return _read_cifar(data_dir, "cifar100", "cifar-100-python", ["train"], "test", "fine_labels", 100, hint)
+    subdir, train, test = _CIFAR_LAYOUT["cifar100"]
+    return _read_cifar(data_dir, "cifar100", subdir, train, test, "fine_labels", 100, hint)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,7 +516,6 @@ def read_svhn(data_dir: PathLike) -> Dataset:
         if not p.is_file():
             raise DatasetFileError(f"svhn: missing file {p}. {_SVHN_HINT}")
         splits[split] = _load_svhn_mat(p)
-    mean, std = NORMALIZATION["svhn"]
     return Dataset(
         images_train=_pixels(splits["train"][0]),
         y_train=_labels_tensor(splits["train"][1]),
@@ -481,8 +524,7 @@ def read_svhn(data_dir: PathLike) -> Dataset:
         num_classes=10,
         name="svhn",
         source=str(root),
-        mean=mean,
-        std=std,
+        **_constants("svhn"),
     )
 
 
@@ -541,3 +583,27 @@ def make_synthetic(
         mean=(0.0,) * c,
         std=(1.0,) * c,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# which files a reader reads
+
+
+def source_files(name: str, data_dir: PathLike) -> list[Path] | None:
+    """The files the reader of dataset `name` reads from `data_dir` (found as the reader finds them), or
+    None when the directory or any of them is missing. Used to checksum what a prepared file is made from."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        return None
+    if name in _TORCHVISION_NAMES:
+        folder = _idx_folder(root, name)
+        found = [_find_idx_file(folder, stem) for split in _IDX_FILES.values() for stem in split]
+    elif name in _CIFAR_LAYOUT:
+        subdir, train, test = _CIFAR_LAYOUT[name]
+        folder = _cifar_folder(root, subdir, train[0])
+        found = [p if p.is_file() else None for p in (folder / f for f in (*train, test))]
+    elif name == "svhn":
+        found = [p if p.is_file() else None for p in (root / f"{s}_32x32.mat" for s in ("train", "test"))]
+    else:
+        raise ValueError(f"no source files known for dataset {name!r}")
+    return None if any(p is None for p in found) else [p for p in found if p is not None]

@@ -17,9 +17,11 @@ from .readers import (
     read_fashion_mnist,
     read_mnist,
     read_svhn,
+    source_files,
 )
 
-__all__ = ["DatasetSpec", "DATASETS", "DEFAULT_DIRS", "dataset_names", "get_spec", "load_dataset"]
+__all__ = ["ALIASES", "DatasetSpec", "DATASETS", "DEFAULT_DIRS", "canonical_name", "dataset_names", "get_spec",
+           "load_dataset", "source_files"]
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,31 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-def _canonical(name: str) -> str:
-    # Accept the spellings people type ("fashion-mnist", "CIFAR10") for the canonical names.
-    return str(name).strip().lower().replace("-", "_")
+#: Other names people type for the datasets (after lower-casing, with "-", "_" and spaces dropped).
+ALIASES: dict[str, str] = {
+    "fmnist": "fashion_mnist",
+    "fashionmnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "svhncropped": "svhn",
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """The registry name of `name` or of one of its common spellings ("fmnist", "Fashion-MNIST", "cifar-10",
+    "CIFAR_100"); None when it names no dataset."""
+    text = str(name).strip().lower()
+    if text in DATASETS:
+        return text
+    compact = "".join(ch for ch in text if ch not in "-_ ")
+    by_compact = {n.replace("_", ""): n for n in DATASETS}
+    return by_compact.get(compact) or ALIASES.get(compact)
 
 
 def get_spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` of ``name``; ValueError listing the allowed names if unknown."""
-    spec = DATASETS.get(_canonical(name))
+    canonical = canonical_name(name)
+    spec = DATASETS.get(canonical) if canonical else None
     if spec is None:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(dataset_names())}")
     return spec

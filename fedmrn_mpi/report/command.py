@@ -1,5 +1,5 @@
-"""`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`: a summary table of results files and PNG plots
-(docs/design.md#results-file)."""
+"""`fedmrn-mpi report A.h5 [B.h5 ...] [-o DIR]`: a summary table of results files, their clients' partition,
+and PNG plots (docs/design.md#results-file)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .front import EXIT_ERROR, parse_and_load
 from .plots import write_plots
 from .repro import repro_warning
 from .scaling import scaling_groups
-from .table import scaling_table, summary_table, target_table
+from .table import partition_table, scaling_table, summary_table, target_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +56,8 @@ def main_report(argv: Sequence[str]) -> int:
     if groups:
         print()
         print(scaling_table(groups))
+    print()
+    print(partition_table(runs))
     if out_dir is not None:
         written = write_plots(runs, out_dir)
         print()

@@ -3,6 +3,7 @@ table-only report never load it."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..results import PHASES, Run, format_bytes
+from .partition import partition_file_names, partition_summary
 from .scaling import ScalingGroup, scaling_groups
 from .table import display_names
 
@@ -164,8 +166,60 @@ def plot_scaling(groups: Sequence[ScalingGroup], out: Path) -> None:
     fig.savefig(out)
 
 
+_CELL_TEXT_MAX = 20   # counts written into the cells up to this many clients and classes
+_ALL_TICKS_MAX = 40   # a tick per client (class) up to this many, else a few integer ticks
+
+
+def _index_ticks(axis: Any, n: int) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if n <= _ALL_TICKS_MAX:
+        axis.set_ticks(range(n))
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+
+
+def plot_partition(run: Run, name: str, out: Path) -> None:
+    """Heat map of the run's label counts: clients (by id) across, classes down, samples per cell by colour;
+    white cells hold no sample. The figure size grows with clients and classes up to 14 x 9 inches."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    counts = np.asarray(run.label_counts, dtype=np.int64)
+    clients, classes = counts.shape
+    width = min(14.0, max(6.5, 2.5 + 0.35 * clients))
+    fig = _figure(width, min(9.0, max(3.5, 2.0 + 0.35 * classes)))
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    vmax = max(1, int(counts.max(initial=0)))
+    im = ax.imshow(np.ma.masked_equal(counts.T, 0), aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+    if clients <= _CELL_TEXT_MAX and classes <= _CELL_TEXT_MAX:
+        size = "small" if max(clients, classes) <= 10 else "xx-small"
+        for c, k in zip(*np.nonzero(counts)):
+            v = int(counts[c, k])
+            ax.text(c, k, str(v), ha="center", va="center", fontsize=size,
+                    color="white" if im.norm(v) < 0.6 else "black")
+    _index_ticks(ax.xaxis, clients)
+    _index_ticks(ax.yaxis, classes)
+    bar = fig.colorbar(im, ax=ax, label="samples (white: none)")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    s = partition_summary(run)
+    title = f"Partition of {name}: samples per client and class"
+    if s is not None:
+        median = f"{s.median_size:.{0 if s.median_size.is_integer() else 1}f}"
+        spread = (f"{s.min_size} samples each" if s.min_size == s.max_size
+                  else f"{s.min_size}-{s.max_size} samples (median {median})")
+        title += f"\n{s.clients} clients, {spread}, mean {s.mean_classes_per_client:.2f}/{s.classes} classes"
+    chars = int(10 * width)  # about what fits across the figure at the title's font size
+    ax.set(title="\n".join(w for line in title.split("\n") for w in textwrap.wrap(line, chars)), xlabel="client",
+           ylabel="class")
+    fig.savefig(out)
+
+
 def write_plots(runs: Sequence[Run], out_dir: Path) -> list[Path]:
-    """Write every plot that applies into `out_dir` (created if missing); returns the files written."""
+    """Write every plot that applies into `out_dir` (created if missing): the fixed ones, scaling.png for
+    runs that differ only in world size, and partition_<run name>.png for each run whose file records its
+    partition. Returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = display_names(runs)
     written: list[Path] = []
@@ -178,4 +232,8 @@ def write_plots(runs: Sequence[Run], out_dir: Path) -> list[Path]:
     if groups:
         plot_scaling(groups, out_dir / "scaling.png")
         written.append(out_dir / "scaling.png")
+    for r, name, fname in zip(runs, names, partition_file_names(names)):
+        if r.label_counts is not None and r.label_counts.size:  # files without the partition get none
+            plot_partition(r, name, out_dir / fname)
+            written.append(out_dir / fname)
     return written

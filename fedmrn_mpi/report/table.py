@@ -1,10 +1,11 @@
-"""Text tables of the `report` command: the summary of every run and the scaling table."""
+"""Text tables of the `report` command: the summary of every run, the partition and the scaling table."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ..results import Run, format_bytes
+from .partition import partition_summary
 from .scaling import ScalingGroup
 
 SUMMARY_HEADERS = ("name", "algorithm", "ranks", "rounds", "final acc", "best acc", "uplink", "downlink",
@@ -66,6 +67,37 @@ def summary_table(runs: Sequence[Run]) -> str:
     names = display_names(runs)
     rows = [summary_row(r, n) for r, n in zip(runs, names)]
     return render_table(SUMMARY_HEADERS, rows, left=(0, 1)) + "\n\n" + "\n".join(SUMMARY_NOTES)
+
+
+PARTITION_HEADERS = ("name", "clients", "classes", "min", "median", "max", "classes/client")
+
+
+def _median(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def partition_row(run: Run, name: str) -> list[str]:
+    """One row of the partition table; "--" where the file does not record it."""
+    s = partition_summary(run)
+    if s is None:
+        return [name] + ["--"] * (len(PARTITION_HEADERS) - 1)
+    return [name, str(s.clients), "--" if s.classes is None else str(s.classes), str(s.min_size),
+            _median(s.median_size), str(s.max_size),
+            "--" if s.mean_classes_per_client is None else f"{s.mean_classes_per_client:.2f}"]
+
+
+def partition_table(runs: Sequence[Run]) -> str:
+    """Per run: the clients' sizes (samples) and the mean number of classes per client; one line if no file
+    records its partition."""
+    rows = [partition_row(r, n) for r, n in zip(runs, display_names(runs))]
+    if all(row[1] == "--" for row in rows):
+        return "Partition: not recorded in these files (partition/sizes, partition/label_counts are newer)."
+    notes = ["min, median, max: samples per client.  classes/client: classes with at least one sample, mean over "
+             "clients."]
+    if any(row[1] == "--" for row in rows):
+        notes.append("--: not recorded in the file (older versions).")
+    return ("Partition: the clients' training data.\n" + render_table(PARTITION_HEADERS, rows, left=(0,))
+            + "\n" + "\n".join(notes))
 
 
 def rounds_to_target(run: Run, target: float) -> tuple[int, int] | None:

@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 
 from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES,
-                     PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS, ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN,
-                     WORLD_SIZE)
+                     PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES, PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS,
+                     ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN, WORLD_SIZE)
 
 # the per-round series a Run holds; the writer appends them one after another, so a reader of a live file
 # can briefly see them at different lengths (all are cut to the shortest)
@@ -59,6 +59,10 @@ class Run:
     clients_per_round: int | None
     num_values: int | None  # masked params + unmasked values: every value of the model state
     control_bytes: np.ndarray | None = None  # None for files older than the field; NOT_RECORDED per missing row
+    # the partition (int64): samples per client, and per client and class; None where the file lacks the dataset
+    # (older versions) or holds one of the wrong shape (label_counts also where its rows do not match sizes)
+    partition_sizes: np.ndarray | None = None  # num_clients
+    label_counts: np.ndarray | None = None     # num_clients x num_classes
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -222,6 +226,26 @@ def _config(text: str) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _int_dataset(g: h5py.Group, name: str, ndim: int) -> np.ndarray | None:
+    """Dataset `name` of `g` as int64, or None if it is missing, not `ndim`-dimensional or not integer."""
+    ds = g.get(name)
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != ndim or ds.dtype.kind not in "iu":
+        return None
+    return np.asarray(ds[()], dtype=np.int64)
+
+
+def _partition(f: h5py.File) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(samples per client, clients x classes label counts), each None where the file lacks it."""
+    g = f.get(PARTITION)
+    if not isinstance(g, h5py.Group):
+        return None, None
+    sizes = _int_dataset(g, PARTITION_SIZES, 1)
+    counts = _int_dataset(g, PARTITION_LABEL_COUNTS, 2)
+    if sizes is not None and counts is not None and counts.shape[0] != sizes.shape[0]:
+        counts = None
+    return sizes, counts
+
+
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Read one results file (finished or still being written). Raises ResultsFileError naming the file."""
     p = Path(path)
@@ -253,6 +277,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         world = _attr_int(f.attrs, WORLD_SIZE)
         if world is None and f"{RANKS}/{PHASE_SECONDS}" in f:
             world = int(f[f"{RANKS}/{PHASE_SECONDS}"].shape[1])
+        partition_sizes, label_counts = _partition(f)
 
     def col(key: str) -> np.ndarray:
         dtype = ROUND_FIELDS[key]
@@ -283,7 +308,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         clients_per_round=int(cpr) if isinstance(cpr, (int, np.integer)) else None,
         num_values=int(masked) + int(unmasked) if masked is not None and unmasked is not None else None,
         control_bytes=col("control_bytes") if "control_bytes" in series else None,
-        attrs=attrs,
+        partition_sizes=partition_sizes, label_counts=label_counts, attrs=attrs,
     )
 
 

@@ -14,6 +14,11 @@ ROUNDS = "rounds"    # one row per round
 CLIENTS = "clients"  # rounds x clients_per_round
 RANKS = "ranks"      # rounds x world_size x phases
 MODEL = "model"      # the final global state, one float32 dataset per tensor
+PARTITION = "partition"  # the clients' data, fixed for the run: written when the file is created
+
+# partition/<dataset> (int64; older files lack them)
+PARTITION_SIZES = "sizes"                # samples per client (num_clients)
+PARTITION_LABEL_COUNTS = "label_counts"  # samples per client and class (num_clients x num_classes)
 
 # rounds/<field>: one value per round. control_bytes (size exchanges, rank reports) and state_bytes (per-client
 # algorithm state moved to and from the ranks that train the clients) are newer than the others: older files

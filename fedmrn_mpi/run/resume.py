@@ -15,9 +15,11 @@ from ..config import Config, config_from_dict, config_hash
 
 
 def resume_identity(cfg: Config) -> str:
-    """Hash of the keys that decide the model trajectory; schedule/output-only keys may change on resume."""
+    """Hash of the keys that decide the model trajectory; schedule/output-only keys may change on resume, and so
+    may `data.prepared` (a prepared file holds the same data, checked against the config when it is opened)."""
     same = dataclasses.replace(cfg, run_name="", results_dir="", device="auto", threads=0, log_every=1,
-                               rounds=1, eval_every=0, checkpoint_every=0, sync_every=1)
+                               rounds=1, eval_every=0, checkpoint_every=0, sync_every=1,
+                               data=dataclasses.replace(cfg.data, prepared=None))
     return config_hash(same)
 
 
@@ -64,8 +66,8 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
         return Start(note=f"--resume: no checkpoint in {ckdir} and no results file yet; starting a fresh run")
     if ck["identity"] != resume_identity(cfg):
         raise CheckpointError(f"cannot resume from {ck['path']}: it was written with a different configuration "
-                              f"(only rounds, eval/checkpoint/sync intervals, device, threads and output keys "
-                              f"may change on resume)")
+                              f"(only rounds, eval/checkpoint/sync intervals, device, threads, data.prepared and "
+                              f"output keys may change on resume)")
     if not os.path.exists(out_path):
         raise CheckpointError(f"cannot resume from {ck['path']}: the results file {out_path} is missing")
     if ck["round"] > cfg.rounds:

@@ -83,9 +83,8 @@ class ClientPart:
             ctx = su.local.context(plan.round, cid, int(su.sizes[cid]), su.device)
             if client_states is not None:
                 ctx.state = {n: t.to(su.device) for n, t in client_states.get(cid, {}).items()}
-            idx = su.parts[cid]
-            res = train_client(su.model, su.algo, state, su.x_train[idx], su.y_train[idx], ctx, su.local,
-                               timer=self.timer)
+            x, y = su.client_data(cid)
+            res = train_client(su.model, su.algo, state, x, y, ctx, su.local, timer=self.timer)
             with self.timer("encode"):
                 uploads.append(encode_message(su.algo.algo_id, plan.round, cid, res.seed, res.weight,
                                               res.train_loss, res.payload))
@@ -139,7 +138,7 @@ class ServerPart:
             with self.timer("evaluate"):
                 row["test_accuracy"], row["test_loss"] = evaluate(
                     self.su.model, self.su.algo.eval_state(state, r), self.su.x_test, self.su.y_test,
-                    transform=self.su.local.transform)
+                    transform=self.su.eval_transform)
         else:
             row["test_accuracy"] = row["test_loss"] = math.nan
         self.last.pending = None

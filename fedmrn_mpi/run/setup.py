@@ -3,10 +3,10 @@ the environment attributes of the results file (everything the reproducibility c
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,12 +17,13 @@ from .. import __version__
 from ..algorithms import Algorithm, ModelSpec, make_algorithm, model_spec
 from ..comm import Transport, mpi_library_version
 from ..config import Config, config_hash, config_to_yaml
-from ..data.partition import partition, partition_stats
-from ..data.readers import normalize_images
-from ..data.registry import load_dataset
 from ..models import build_model, global_state
 from ..rng.seeds import derive_seed
 from ..training import LocalTraining
+from .dataset import Batch, open_run_data
+
+
+_IMPORTED = time.perf_counter()
 
 
 def choose_device(cfg: Config, transport: Transport) -> torch.device:
@@ -60,11 +61,12 @@ class Setup:
     label_counts: np.ndarray               # clients x classes
     local: LocalTraining
     state: dict                            # the initial global state, on `device`
-    x_train: torch.Tensor | None = None    # client ranks only
-    y_train: torch.Tensor | None = None
-    parts: list | None = None
+    eval_transform: Callable[[torch.Tensor], torch.Tensor]  # stored test images -> model input
+    client_data: Callable[[int], Batch] | None = None  # client k's samples on `device` (client ranks only)
     x_test: torch.Tensor | None = None     # rank 0 only
     y_test: torch.Tensor | None = None
+    data_source: str = ""
+    setup_seconds: float = 0.0             # from the process's start to the end of set-up
 
 
 def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None = None) -> Setup:
@@ -72,31 +74,34 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
     root = cfg.seed
     threads = set_threads(cfg, transport)
     device = choose_device(cfg, transport)
-    opts = {}
-    if cfg.data.name == "synthetic":
-        opts = {"n_train": cfg.data.synthetic_train, "n_test": cfg.data.synthetic_test,
-                "seed": derive_seed(root, "synthetic-data") & 0x7FFFFFFF}
-    data = load_dataset(cfg.data.name, cfg.data.dir, **opts)
-    parts = partition(data.y_train.numpy(), cfg.data.partition, cfg.num_clients,
-                      derive_seed(root, "partition") & 0x7FFFFFFF, cfg.data.alpha, cfg.data.classes_per_client)
+    data = open_run_data(cfg, device, need_train=transport.runs_clients, need_test=transport.is_server,
+                         check_source=transport.is_server)
     c, h, _ = data.input_shape
     model = build_model(cfg.model.name, c, h, data.num_classes, derive_seed(root, "init")).to(device)
     spec = model_spec(model)
-    # images stay uint8 on every rank (4x less memory with many ranks per node); normalised per batch
-    transform = functools.partial(normalize_images, mean=data.mean, std=data.std)
     su = Setup(device=device, threads=threads, model=model, spec=spec, algo=make_algorithm(cfg, spec),
-               sizes=np.array([len(p) for p in parts], dtype=np.int64),
-               label_counts=partition_stats(parts, data.y_train.numpy(), data.num_classes),
+               sizes=data.sizes, label_counts=data.label_counts,
                local=LocalTraining(root_seed=root, lr=cfg.lr, batch_size=cfg.batch_size,
                                    local_epochs=cfg.local_epochs, weighting=cfg.algorithm.weighting,
-                                   transform=transform, poll=poll),
-               state={n: t.detach().clone() for n, t in global_state(model).items()})
-    if transport.is_server:
-        su.x_test, su.y_test = data.images_test.to(device), data.y_test.to(device)
-    if transport.runs_clients:
-        su.x_train, su.y_train = data.images_train.to(device), data.y_train.to(device)
-        su.parts = [torch.from_numpy(p).to(device) for p in parts]
+                                   transform=data.train_transform, augment=data.augment, poll=poll),
+               state={n: t.detach().clone() for n, t in global_state(model).items()},
+               eval_transform=data.test_transform, client_data=data.client, data_source=data.source)
+    if data.test is not None:
+        su.x_test, su.y_test = data.test
+    su.setup_seconds = process_age()
     return su
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since this module was imported)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
 
 
 def git_revision() -> str:
@@ -112,9 +117,9 @@ def rank_facts(su: Setup, transport: Transport) -> list[dict[str, str]] | None:
     """Rank 0: host, device, GPU name, threads and CPU instruction set of every rank (None elsewhere)."""
     gpu = torch.cuda.get_device_name(su.device) if su.device.type == "cuda" else "none"
     mine = "|".join([transport.hostname(), str(su.device), gpu, str(su.threads),
-                     torch.backends.cpu.get_cpu_capability()])
+                     torch.backends.cpu.get_cpu_capability(), f"{su.setup_seconds:.3f}"])
     rows = transport.gather_strings(mine)
-    keys = ("host", "device", "gpu", "threads", "cpu_capability")
+    keys = ("host", "device", "gpu", "threads", "cpu_capability", "setup_seconds")
     return None if rows is None else [dict(zip(keys, r.split("|"))) for r in rows]
 
 
@@ -139,6 +144,9 @@ def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[
         "hosts": sorted({f["host"] for f in facts}), "rank_hosts": [f["host"] for f in facts],
         "rank_devices": [f["device"] for f in facts], "rank_gpu_names": [f["gpu"] for f in facts],
         "rank_threads": np.array([int(f["threads"]) for f in facts], dtype=np.int64),
+        # seconds from each rank's process start to the end of its set-up (data read, model built)
+        "rank_setup_seconds": np.array([float(f["setup_seconds"]) for f in facts], dtype=np.float64),
+        "data_source": su.data_source,
         "gpu_names": sorted({f["gpu"] for f in facts} - {"none"}) or ["none"],
         "device_type": _uniform([f["device"].split(":")[0] for f in workers]),
         "threads_per_rank": int(threads) if threads.isdigit() else threads,

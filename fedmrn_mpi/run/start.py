@@ -10,6 +10,7 @@ from .. import __version__
 from ..comm import Transport
 from ..config import Config
 from ..results import ResultsWriter
+from ..results.schema import PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES
 from .client_states import ClientStates
 from .hooks import CheckpointHook, ProgressHook, ResultsHook
 from .progress import PhaseTimer
@@ -39,7 +40,7 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
             states.load(start.client_states)
         writer = ResultsWriter.reopen(out_path, start.rows, attrs, transport.size)
     else:
-        static = {"partition/sizes": su.sizes, "partition/label_counts": su.label_counts}
+        static = {f"{PARTITION}/{PARTITION_SIZES}": su.sizes, f"{PARTITION}/{PARTITION_LABEL_COUNTS}": su.label_counts}
         writer = ResultsWriter(out_path, attrs, cfg.clients_per_round, transport.size, static)
     log(f"fedmrn_mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}/{cfg.model.name}, "
         f"{cfg.num_clients} clients ({cfg.clients_per_round}/round), {cfg.rounds} rounds, "

@@ -33,6 +33,9 @@ class LocalTraining:
     transform: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity, compare=False)
     # called once per local step; may raise to abandon the round (e.g. an urgent stop request)
     poll: Callable[[], None] | None = field(default=None, compare=False)
+    # stored images of a batch -> augmented images, before `transform` (e.g. data.augment.crop_flip); its
+    # randomness comes from the generator it is given, one per (round, client) from the stream "augment"
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = field(default=None, compare=False)
 
     def context(self, round_: int, client_id: int, num_samples: int, device: torch.device) -> ClientContext:
         """All per-(round, client) seeds come from named streams of the root seed."""
@@ -79,6 +82,11 @@ def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.
     sgd_set = set(sgd)
     adam = _Adam([leaves[i] for i in range(len(names)) if i not in sgd_set], settings.lr)
     order = torch_generator(derive_seed(settings.root_seed, "order", ctx.round, ctx.client_id))
+    augment = settings.augment
+    # A generator of its own per (round, client): the augmentation of a client's batches depends neither on the
+    # batch order stream nor on which clients this rank trained before. None: nothing is created or drawn.
+    augment_gen = (torch_generator(derive_seed(settings.root_seed, "augment", ctx.round, ctx.client_id))
+                   if augment is not None else None)
     n, bs, lr = ctx.num_samples, settings.batch_size, settings.lr
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     step = 0
@@ -90,7 +98,8 @@ def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.
             if settings.poll is not None:
                 settings.poll()
             params = algo.materialize(problem, step, ctx)
-            logits = functional_call(model, {**params, **problem.buffers}, (settings.transform(x[idx]),))
+            xb = x[idx] if augment is None else augment(x[idx], augment_gen)
+            logits = functional_call(model, {**params, **problem.buffers}, (settings.transform(xb),))
             loss = F.cross_entropy(logits, y[idx])
             grads = torch.autograd.grad(loss, leaves)
             with torch.no_grad():

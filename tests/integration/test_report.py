@@ -112,7 +112,9 @@ def test_plots_are_real_images_and_scaling_appears_for_the_world_size_group(runs
     assert main_report([*files, "-o", str(out_dir)]) == 0
     out = capsys.readouterr().out
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == sorted([*PNGS, "scaling.png"])
+    # one partition heat map per run; same-named runs are told apart by their display names
+    heat = [f"partition_{k}.png" for k in ("w1", "w2", "w3", "fedavg")]
+    assert names == sorted([*PNGS, "scaling.png", *heat])
     for n in names:
         _check_png(out_dir / n)
         assert str(out_dir / n) in out  # the list of files written
@@ -122,7 +124,8 @@ def test_no_scaling_plot_when_all_files_have_one_world_size(runs, tmp_path, caps
     out_dir = tmp_path / "plots"
     assert main_report([str(runs["w1"]), str(runs["fedavg"]), "-o", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(PNGS)
+    heat = ["partition_w1.png", "partition_fedavg.png"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*PNGS, *heat])
     assert "Scaling" not in out and "scaling.png" not in out
 
 

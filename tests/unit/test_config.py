@@ -131,8 +131,8 @@ def test_shipped_configs_load_and_round_trip(path: Path, tmp_path: Path) -> None
 
 def test_expected_configs_are_shipped() -> None:
     names = {str(p.relative_to(CONFIGS)) for p in SHIPPED}
-    assert {"default.yaml", "tiny.yaml", "paper/fmnist_cnn4_fedavg.yaml", "paper/fmnist_cnn4_fedmrn_binary.yaml",
-            "paper/fmnist_cnn4_fedmrn_signed.yaml"} <= names
+    assert {"default.yaml", "tiny.yaml", "paper/fmnist_cnn4_iid_fedavg.yaml",
+            "paper/fmnist_cnn4_iid_fedmrn-binary.yaml", "paper/fmnist_cnn4_iid_fedmrn-signed.yaml"} <= names
 
 
 def test_default_yaml_writes_every_key_with_a_comment() -> None:
@@ -157,9 +157,9 @@ def test_default_yaml_is_the_default_config() -> None:
 
 
 @pytest.mark.parametrize(("name", "algo", "lr", "mask", "sigma"), [
-    ("fmnist_cnn4_fedavg", "fedavg", 0.03, None, None),
-    ("fmnist_cnn4_fedmrn_binary", "fedmrn", 0.1, "binary", 0.01),
-    ("fmnist_cnn4_fedmrn_signed", "fedmrn", 0.1, "signed", 0.005),
+    ("fmnist_cnn4_iid_fedavg", "fedavg", 0.03, None, None),
+    ("fmnist_cnn4_iid_fedmrn-binary", "fedmrn", 0.1, "binary", 0.01),
+    ("fmnist_cnn4_iid_fedmrn-signed", "fedmrn", 0.1, "signed", 0.005),
 ])
 def test_paper_configs(name: str, algo: str, lr: float, mask: str | None, sigma: float | None) -> None:
     c = load_config(CONFIGS / "paper" / f"{name}.yaml")

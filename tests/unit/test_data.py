@@ -16,6 +16,7 @@ from fedmrn_mpi.data import (
     DATASETS,
     DEFAULT_DIRS,
     NORMALIZATION,
+    SPLITS,
     Dataset,
     DatasetFileError,
     DatasetFormatError,
@@ -38,8 +39,8 @@ HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _expected(images: np.ndarray, name: str) -> np.ndarray:
-    mean, std = NORMALIZATION[name]
+def _expected(images: np.ndarray, name: str, split: str) -> np.ndarray:
+    mean, std = NORMALIZATION[name][split]
     x = images.astype(np.float32) / np.float32(255)
     x -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     return x / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
@@ -52,7 +53,9 @@ def _check(ds: Dataset, written: datagen.Arrays, name: str, num_classes: int, sh
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert tuple(x.shape) == (len(labels), *shape) and tuple(y.shape) == (len(labels),)
         np.testing.assert_array_equal(y.numpy(), labels)
-        np.testing.assert_allclose(x.numpy(), _expected(images, name), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(x.numpy(), _expected(images, name, split), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(ds.normalize(ds.images_train if split == "train" else ds.images_test, split),
+                                      x.numpy())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,11 +69,11 @@ def test_idx_roundtrip(tmp_path: Path, gz: bool, name: str, reader) -> None:
     ds = reader(tmp_path)
     _check(ds, written, name, 10, (1, 28, 28))
     assert ds.source == str(tmp_path)
-    # A pixel of 0 and of 255 map to the documented constants.
-    mean, std = NORMALIZATION[name]
-    lo, hi = float(ds.x_train.min()), float(ds.x_train.max())
-    assert lo == pytest.approx((0 - mean[0]) / std[0], abs=1e-5)
-    assert hi == pytest.approx((1 - mean[0]) / std[0], abs=1e-5)
+    # A pixel of 0 and of 255 map to the documented constants of each split.
+    for split, x in (("train", ds.x_train), ("test", ds.x_test)):
+        mean, std = NORMALIZATION[name][split]
+        assert float(x.min()) == pytest.approx((0 - mean[0]) / std[0], abs=1e-5)
+        assert float(x.max()) == pytest.approx((1 - mean[0]) / std[0], abs=1e-5)
 
 
 def test_idx_torchvision_layout_and_registry(tmp_path: Path) -> None:
@@ -159,8 +162,9 @@ def test_real_fashion_mnist() -> None:
     assert ds.input_shape == (1, 28, 28) and ds.source == str(REAL_FMNIST)
     assert torch.bincount(ds.y_train).tolist() == [6000] * 10
     assert torch.bincount(ds.y_test).tolist() == [1000] * 10
-    # The constants are the training set's own statistics.
+    # The reference normalises each FashionMNIST split with that split's own statistics.
     assert abs(float(ds.x_train.mean())) < 1e-3 and abs(float(ds.x_train.std()) - 1) < 1e-3
+    assert abs(float(ds.x_test.mean())) < 1e-3 and abs(float(ds.x_test.std()) - 1) < 1e-3
     print(f"real FashionMNIST loaded in {elapsed:.2f} s")
 
 
@@ -297,6 +301,55 @@ def test_svhn_without_scipy_says_pip_install(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(builtins, "__import__", no_scipy)
     with pytest.raises(ImportError, match="pip install scipy"):
         read_svhn(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-split normalisation
+
+
+def test_normalization_table_is_the_reference_one() -> None:
+    assert set(NORMALIZATION) == set(dataset_names()) - {"synthetic"}
+    assert all(set(v) == set(SPLITS) == {"train", "test"} for v in NORMALIZATION.values())
+    assert NORMALIZATION["fashion_mnist"] == {"train": ((0.2860,), (0.3530,)), "test": ((0.2868,), (0.3524,))}
+    assert NORMALIZATION["mnist"]["train"] == NORMALIZATION["mnist"]["test"] == ((0.1307,), (0.3081,))
+    assert NORMALIZATION["svhn"] == {"train": ((0.4496,) * 3, (0.1995,) * 3), "test": ((0.4560,) * 3, (0.2244,) * 3)}
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert NORMALIZATION["cifar10"]["train"] == NORMALIZATION["cifar10"]["test"] == imagenet
+    cifar100 = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    assert NORMALIZATION["cifar100"]["train"] == NORMALIZATION["cifar100"]["test"] == cifar100
+    for name, splits in NORMALIZATION.items():
+        c = DATASETS[name].input_shape[0]
+        assert all(len(m) == len(s) == c for m, s in splits.values()), name
+
+
+def test_fashion_mnist_splits_use_their_own_constants(tmp_path: Path) -> None:
+    datagen.make_idx_dataset(tmp_path)
+    ds = read_fashion_mnist(tmp_path)
+    assert (ds.mean, ds.std, ds.test_mean, ds.test_std) == ((0.2860,), (0.3530,), (0.2868,), (0.3524,))
+    assert ds.normalization("test") == ((0.2868,), (0.3524,))
+    px = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)
+    want_train = (torch.tensor([0.0, 0.2, 1.0]) - 0.2860) / 0.3530
+    want_test = (torch.tensor([0.0, 0.2, 1.0]) - 0.2868) / 0.3524
+    torch.testing.assert_close(ds.normalize(px).flatten(), want_train)
+    torch.testing.assert_close(ds.normalize(px, "train").flatten(), want_train)
+    torch.testing.assert_close(ds.normalize(px, "test").flatten(), want_test)
+    assert torch.equal(ds.normalize_test(px), ds.normalize(px, "test"))
+    assert torch.equal(ds.x_test, ds.normalize_test(ds.images_test))
+    assert not torch.equal(ds.x_test, ds.normalize(ds.images_test))
+    with pytest.raises(ValueError, match="split"):
+        ds.normalize(px, "val")
+
+
+def test_empty_test_constants_mean_same_as_train() -> None:
+    images = torch.arange(12, dtype=torch.uint8).reshape(3, 1, 2, 2)
+    labels = torch.zeros(3, dtype=torch.int64)
+    ds = Dataset(images, labels, images, labels, 2, "tiny", "memory", mean=(0.5,), std=(0.25,))
+    assert ds.normalization("test") == ds.normalization("train") == ((0.5,), (0.25,))
+    assert torch.equal(ds.x_test, ds.x_train)
+    # Float images (synthetic data) pass through either split unchanged.
+    syn = make_synthetic(n_train=20, n_test=10, seed=1)
+    assert torch.equal(syn.x_test, syn.images_test) and torch.equal(syn.normalize_test(syn.images_train),
+                                                                      syn.images_train)
 
 
 # --------------------------------------------------------------------------------------------------
