@@ -54,6 +54,9 @@ def main_data(argv: list[str]) -> int:
     except (DatasetError, ValueError) as exc:  # readers and partitioners name the file or the setting
         print(f"fedmrn-mpi: data {args.action} failed: {exc}", file=sys.stderr)
         return EXIT_DATA
+    except BrokenPipeError:  # `data check ... | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def prepare(cfg: Config, out: str) -> int:
