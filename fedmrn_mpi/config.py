@@ -215,6 +215,10 @@ class Config:
     device: str = _opt("auto", "auto = CUDA when present, else the CPU", choices=DEVICES)
     threads: int = _opt(1, "torch threads per rank; 0 = cores/ranks per node (faster alone, but results then "
                            "depend on the rank count)", ge=0)
+    batched_clients: bool = _opt(False, "train a rank's clients of a round as one vectorised step (torch.func); "
+                                 "false = one after another, the reference")
+    eval_batch_size: int = _opt(0, "test images per forward pass; 0 = 100 on the CPU (cache-sized), 1000 on CUDA",
+                                ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)
     sync_every: int = _opt(10, "downlink=masks: compare model digests across ranks every N rounds", ge=1)
     algorithm: AlgorithmConfig = _section(AlgorithmConfig, "what clients send and how the server aggregates")

@@ -18,7 +18,7 @@ def resume_identity(cfg: Config) -> str:
     """Hash of the keys that decide the model trajectory; schedule/output-only keys may change on resume, and so
     may `data.prepared` (a prepared file holds the same data, checked against the config when it is opened)."""
     same = dataclasses.replace(cfg, run_name="", results_dir="", device="auto", threads=0, log_every=1,
-                               rounds=1, eval_every=0, checkpoint_every=0, sync_every=1,
+                               rounds=1, eval_every=0, eval_batch_size=0, checkpoint_every=0, sync_every=1,
                                data=dataclasses.replace(cfg.data, prepared=None))
     return config_hash(same)
 
