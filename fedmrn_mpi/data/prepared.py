@@ -157,6 +157,10 @@ class PreparedData:
         return len(self.offsets) - 1
 
     @property
+    def num_test(self) -> int:
+        return int(self.f["test/labels"].shape[0])
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.f["train/images"].shape[1:]
         return int(c), int(h), int(w)

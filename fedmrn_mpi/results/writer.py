@@ -6,24 +6,16 @@ can watch it. Final-model tensors and `final_model_sha256` are written when the 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import h5py
 import numpy as np
 
+from .digest import state_sha256
 from .schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, CLIENTS, FINAL_MODEL_SHA256, MODEL, NOT_RECORDED,
                      PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANK_PHASE_ROW, RANK_ROW_PREFIX, RANKS,
                      ROUND_FIELDS, ROUNDS, WORLD_SIZE, WORLD_SIZES)
-
-
-def state_sha256(state: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of the state: tensors in name order, float32 little-endian bytes."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(np.ascontiguousarray(state[name], dtype="<f4").tobytes())
-    return h.hexdigest()
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:

@@ -19,7 +19,6 @@ import torch
 from ..config import Config
 from ..data.augment import make_augment, resolve
 from ..data.partition import partition, partition_stats
-from ..data.prepared import PreparedData
 from ..data.readers import NORMALIZATION, Dataset, normalize_images
 from ..data.registry import get_spec, load_dataset, source_files
 from ..rng.seeds import derive_seed
@@ -107,23 +106,24 @@ class RunData:
     test_transform: Callable[[torch.Tensor], torch.Tensor]
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
     client: Callable[[int], Batch] | None              # client k's samples on the device (client ranks)
-    test: Batch | None                                 # the test set on the device (rank 0)
+    test: Callable[[int, int], Batch]                  # test rows [first, last) on the device (every rank)
+    num_test: int
     source: str                                        # where the data came from, for the log
 
 
-def open_run_data(cfg: Config, device: torch.device, need_train: bool, need_test: bool,
-                  check_source: bool = False) -> RunData:
-    """This rank's data: every client's samples when it trains clients, the test set when it evaluates.
+def open_run_data(cfg: Config, device: torch.device, need_train: bool, check_source: bool = False) -> RunData:
+    """This rank's data: every client's samples when it trains clients, and the test set (every rank evaluates
+    a share of it).
 
-    With `data.prepared` only those slices are read (clients' when they train); otherwise the raw files
-    are parsed and split here. `check_source`: hash the raw files, when present, and refuse a prepared
-    file made from other ones (one rank does it)."""
+    With `data.prepared` only slices are read, when they are used (a client's when it trains, the test rows
+    a rank evaluates); otherwise the raw files are parsed and split here. `check_source`: hash the raw files,
+    when present, and refuse a prepared file made from other ones (one rank does it)."""
     augment = make_augment(resolve(cfg.data.augment, cfg.data.name))
     if cfg.data.prepared:
-        return _from_prepared(cfg, device, need_train, need_test, check_source, augment)
+        return _from_prepared(cfg, device, need_train, check_source, augment)
     data = load_raw(cfg)
     parts = split(cfg, data)
-    test = (data.images_test.to(device), data.y_test.to(device)) if need_test else None
+    x_test, y_test = data.images_test.to(device), data.y_test.to(device)
     client = None
     if need_train:
         x, y = data.images_train.to(device), data.y_train.to(device)
@@ -135,11 +135,13 @@ def open_run_data(cfg: Config, device: torch.device, need_train: bool, need_test
                    label_counts=partition_stats(parts, data.y_train.numpy(), data.num_classes),
                    train_transform=functools.partial(normalize_images, mean=mean, std=std),
                    test_transform=functools.partial(normalize_images, mean=test_mean, std=test_std),
-                   augment=augment, client=client, test=test, source=data.source)
+                   augment=augment, client=client, test=lambda a, b: (x_test[a:b], y_test[a:b]),
+                   num_test=data.num_test, source=data.source)
 
 
-def _from_prepared(cfg: Config, device: torch.device, need_train: bool, need_test: bool, check_source: bool,
+def _from_prepared(cfg: Config, device: torch.device, need_train: bool, check_source: bool,
                    augment: Any) -> RunData:
+    from ..data.prepared import PreparedData  # h5py only where a prepared file is read
     pd = PreparedData(cfg.data.prepared)
     digest = None
     if check_source:
@@ -148,13 +150,13 @@ def _from_prepared(cfg: Config, device: torch.device, need_train: bool, need_tes
             digest = source_checksum(cfg, files)[1]
     pd.check(data_identity(cfg), expected_constants(cfg.data.name), digest)
     c = pd.constants
-    test = None
-    if need_test:
-        x, y = pd.test()
-        test = (x.to(device), y.to(device))
 
     def client(k: int) -> Batch:
         x, y = pd.client(k)
+        return x.to(device), y.to(device)
+
+    def test(first: int, last: int) -> Batch:
+        x, y = pd.test(first, last)
         return x.to(device), y.to(device)
 
     return RunData(num_classes=pd.num_classes, input_shape=pd.input_shape, sizes=pd.sizes,
@@ -162,4 +164,4 @@ def _from_prepared(cfg: Config, device: torch.device, need_train: bool, need_tes
                    train_transform=functools.partial(normalize_images, mean=c["train_mean"], std=c["train_std"]),
                    test_transform=functools.partial(normalize_images, mean=c["test_mean"], std=c["test_std"]),
                    augment=augment, client=client if need_train else None, test=test,
-                   source=f"{pd.path} (prepared{', sources checked' if digest else ''})")
+                   num_test=pd.num_test, source=f"{pd.path} (prepared{', sources checked' if digest else ''})")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import __version__
 from ..config import Config, config_hash
-from ..results import ResultsWriter
 from .checkpoint import checkpoint_dir, save_checkpoint
 from .client_states import ClientStates
 from .progress import progress_line
 from .resume import resume_identity
+
+if TYPE_CHECKING:
+    from ..results import ResultsWriter
 
 
 @dataclass

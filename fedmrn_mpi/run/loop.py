@@ -1,8 +1,10 @@
 """The round loop run by every rank: control -> downlink -> local training -> uplink -> decode/aggregate ->
 (downlink: masks) relay and digest check -> rank reports -> after-round hooks on the server.
 
-Rank 0 evaluates the model it has just broadcast while the clients train, so evaluation costs no client
-time; the round's results row is written once that evaluation is done.
+The model of the last completed round is evaluated during the next round, its test set shared out over every
+rank (run/evaluation.py): ranks with no client this round evaluate as soon as the model arrives, the others
+after their local training; the per-block sums ride in the end-of-round rank reports. After the last round one
+more broadcast and gather evaluate the final model the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from ..config import Config
 from ..results import state_sha256
 from .faults import maybe_corrupt_state, maybe_inject_fault, maybe_signal_at_exit
 from .progress import PhaseTimer
-from .roles import FLAG_DONE, FLAG_STOP, ClientPart, ServerPart, plan_round
+from ..training.evaluate import block_size_for
+from .evaluation import Shard
+from .roles import FLAG_DONE, FLAG_STOP, ClientPart, ServerPart, control_size, eval_bounds, plan_round
 from .setup import prepare
 from .start import client_states, start_server
 from .stop import EXIT_STOPPED, SIGNALS, StopNow
 
 CURRENT_ROUND = [0]  # read by the CLI's error handler: which round failed
 EMPTY = np.empty(0, dtype=np.uint8)
+EMPTY_ROW = np.empty(0)
 
 
 def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., None] = print,
@@ -33,11 +38,12 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
     transport.poll = stop_poll(transport)
     su = prepare(cfg, transport, transport.poll)
     timer = PhaseTimer()
-    server = start_server(cfg, su, transport, timer, out_path, resume, log)
+    shard = Shard(su, block_size_for(cfg.eval_batch_size, su.device))
+    server = start_server(cfg, su, transport, timer, out_path, resume, log, shard)
     client = ClientPart(cfg, su, transport, timer) if transport.runs_clients else None
     states = server.client_states if server else client_states(su)
     masks_down = cfg.algorithm.downlink == "masks" and transport.size > 1
-    flat, state, ctrl = FlatState(su.spec.shapes), su.state, np.zeros(2, dtype=np.int64)
+    flat, state, ctrl = FlatState(su.spec.shapes), su.state, np.zeros(control_size(transport.size), dtype=np.int64)
     try:
         while True:
             if server is not None:
@@ -46,7 +52,11 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
             t0, traffic0 = time.perf_counter(), transport.traffic.snapshot()
             with timer("broadcast"):
                 transport.bcast(ctrl, "downlink")
+            bounds = eval_bounds(ctrl)
             if ctrl[1] & (FLAG_DONE | FLAG_STOP):
+                if bounds is not None:
+                    state = final_evaluation(transport, flat, state, shard, bounds, int(ctrl[0]), timer, server,
+                                             su.device)
                 break
             plan = plan_round(cfg, su, transport, ctrl)
             CURRENT_ROUND[0] = plan.round
@@ -55,12 +65,18 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
                     transport.bcast(flat.pack(state) if server else flat.buf, "downlink")
                     state = state if server else flat.unpack(su.device)
             if server is not None:
-                server.flush_pending(state)  # evaluate the model just broadcast while the clients train
+                server.flush_pending()  # the last round's row, when it is not evaluated
+            trains = client is not None and bool(plan.assignment.get(transport.rank))
+            scores = EMPTY_ROW
+            if bounds is not None and not trains:  # nothing to train: evaluate while the others train
+                scores = evaluate_share(shard, state, bounds, plan.round - 1, transport.rank, timer)
             maybe_inject_fault(transport.rank, plan.round, transport.poll, lambda: SIGNALS.requested)
             if states is not None:  # per-client state goes to the rank that trains the client
                 with timer("broadcast"):
                     held = states.send(transport, plan.assignment)
             mine, new_held = client.train(plan, state, held if states else None) if client else (EMPTY, {})
+            if bounds is not None and trains:
+                scores = evaluate_share(shard, state, bounds, plan.round - 1, transport.rank, timer)
             transport.sync()
             with timer("gather"):
                 got = transport.gather(mine, "uplink")
@@ -78,7 +94,7 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
                     mismatched = digests_differ(transport, new_state)
             wall = time.perf_counter() - t0
             report = np.concatenate([timer.take(wall), transport.traffic.snapshot() - traffic0,
-                                     [float(SIGNALS.requested)]])
+                                     [float(SIGNALS.requested)], scores])
             table = transport.gather_rows(report)
             state = new_state
             if server is not None:
@@ -92,6 +108,27 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
     if server is not None:
         server.finish(state)
     return EXIT_STOPPED if ctrl[1] & FLAG_STOP else 0
+
+
+def evaluate_share(shard: Shard, state: dict, bounds: np.ndarray, round_: int, rank: int,
+                   timer: PhaseTimer) -> np.ndarray:
+    """This rank's blocks of the evaluation of round `round_`'s model, as its rank-report columns."""
+    with timer("evaluate"):
+        return shard.evaluate(state, round_, int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def final_evaluation(transport: Transport, flat: FlatState, state: dict, shard: Shard, bounds: np.ndarray,
+                     round_: int, timer: PhaseTimer, server: ServerPart | None, device) -> dict:
+    """After the last round: every rank gets the final model and evaluates its blocks; rank 0 completes the
+    last row. Returns the final state (the same on every rank)."""
+    with timer("broadcast"):
+        transport.bcast(flat.pack(state) if server else flat.buf, "downlink")
+        state = state if server else flat.unpack(device)
+    scores = evaluate_share(shard, state, bounds, round_, transport.rank, timer)
+    table = transport.gather_rows(np.concatenate([timer.take(0.0), scores]))
+    if server is not None:
+        server.evaluated(table)
+    return state
 
 
 def stop_poll(transport: Transport) -> Callable[[], None]:

@@ -52,15 +52,14 @@ def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> st
 
 
 def round_phases(table: np.ndarray, wall: float) -> np.ndarray:
-    """The round's critical path: local_train and encode of the slowest client rank, the other phases of
-    rank 0, and idle = the rest of the wall time (so the row adds up to the round's wall time, except where
-    rank 0's evaluation overlapped the clients' training)."""
+    """The round's critical path: local_train, encode and evaluate of the client rank that was busy longest,
+    the other phases of rank 0, and idle = the rest of the wall time (so the row adds up to the round's wall
+    time, except where rank 0's share of the evaluation overlapped the clients' training)."""
     row = table[0].copy()
     if table.shape[0] > 1:
-        busy = table[1:, PHASES.index("local_train")] + table[1:, PHASES.index("encode")]
-        slow = 1 + int(np.argmax(busy))
-        for p in ("local_train", "encode"):
-            row[PHASES.index(p)] = table[slow, PHASES.index(p)]
+        own = [PHASES.index(p) for p in ("local_train", "encode", "evaluate")]
+        slow = 1 + int(np.argmax(table[1:, own].sum(axis=1)))
+        row[own] = table[slow, own]
     idle = PHASES.index("idle")
     row[idle] = 0.0
     row[idle] = max(0.0, wall - row.sum())

@@ -7,7 +7,6 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import h5py
 import yaml
 
 from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints
@@ -38,6 +37,7 @@ class Start:
 
 def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
     """Rank 0: decide from the results file and the checkpoints whether and where to resume."""
+    import h5py  # rank 0 only: client ranks never load h5py
     ckdir = checkpoint_dir(out_path)
     finished = False
     if os.path.exists(out_path):

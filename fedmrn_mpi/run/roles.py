@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,14 +18,31 @@ from ..comm import Gathered, Transport, WireError, decode_messages, encode_messa
 from ..comm.flat_state import state_arrays
 from ..comm.transport import CHANNELS
 from ..config import Config
-from ..results import PHASES, ResultsWriter, format_duration
-from ..training import assign_clients, evaluate, sample_clients, train_client
+from ..results import PHASES, format_duration
+from ..training import assign_clients, sample_clients, train_client
 from .client_states import ClientStates
+from .evaluation import Balancer, Shard
 from .hooks import CheckpointHook, Completed, Hook
 from .progress import PhaseTimer, round_phases
 from .setup import Setup
 
+if TYPE_CHECKING:
+    from ..results import ResultsWriter
+
 FLAG_STOP, FLAG_FULL_STATE, FLAG_DONE = 1, 2, 4
+# the control block: round, flags, then the evaluation blocks of each rank (boundaries, world size + 1 values;
+# all zero when nothing is evaluated this round)
+_BOUNDS = 2
+
+
+def control_size(world: int) -> int:
+    return _BOUNDS + world + 1
+
+
+def eval_bounds(ctrl: np.ndarray) -> np.ndarray | None:
+    """The block boundaries of this round's evaluation, or None when there is none."""
+    bounds = ctrl[_BOUNDS:]
+    return bounds if bounds[-1] > 0 else None
 # per-rank report gathered at the end of every round: phase seconds, traffic (sent then received, per
 # channel), stop requested
 _SENT = len(PHASES)
@@ -48,6 +65,14 @@ def plan_round(cfg: Config, su: Setup, transport: Transport, ctrl: np.ndarray) -
     sampled = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.clients_per_round)
     return Plan(rnd, bool(ctrl[1] & FLAG_FULL_STATE), sampled,
                 assign_clients(sampled, su.sizes, transport.client_ranks))
+
+
+def trained_samples(cfg: Config, su: Setup, world: int, assignment: dict[int, list[int]]) -> np.ndarray:
+    """Training samples (all local epochs) each rank works through in a round with this assignment."""
+    out = np.zeros(world)
+    for r, clients in assignment.items():
+        out[r] = cfg.local_epochs * sum(int(su.sizes[c]) for c in clients)
+    return out
 
 
 def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, server_lr: float,
@@ -103,8 +128,12 @@ class ServerPart:
 
     def __init__(self, cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer,
                  writer: ResultsWriter | None, checkpoints: CheckpointHook, hooks: list[Hook], first_round: int,
-                 pending: dict | None, log: Callable[..., None], client_states: ClientStates | None) -> None:
+                 pending: dict | None, log: Callable[..., None], client_states: ClientStates | None,
+                 shard: Shard) -> None:
         self.cfg, self.su, self.timer, self.writer, self.log = cfg, su, timer, writer, log
+        self.transport, self.shard = transport, shard
+        self.balancer = Balancer(transport.size, shard.total, shard.block_size)
+        self.bounds: np.ndarray | None = None  # the evaluation planned for the round under way
         self.client_states = client_states
         self.checkpoints, self.hooks, self.first_round = checkpoints, [checkpoints, *hooks], first_round
         self.masks_down = cfg.algorithm.downlink == "masks" and transport.size > 1
@@ -115,39 +144,67 @@ class ServerPart:
         self.t_start = time.perf_counter()
 
     def control(self) -> np.ndarray:
-        """The control block: (next round, flags), or (last round, STOP|DONE)."""
+        """The control block: (next round, flags, evaluation split), or (last round, STOP|DONE, split): the
+        last completed round's model is evaluated during the next round, or after the last one."""
+        ctrl = np.zeros(control_size(self.transport.size), dtype=np.int64)
+        world = self.transport.size
         if self.last.round >= self.cfg.rounds:
-            return np.array([self.last.round, FLAG_DONE], dtype=np.int64)
-        if self.last.stop_requested:
-            return np.array([self.last.round, FLAG_STOP], dtype=np.int64)
-        full = FLAG_FULL_STATE if (not self.masks_down or self.resync) else 0
-        return np.array([self.last.round + 1, full], dtype=np.int64)
+            ctrl[:2] = self.last.round, FLAG_DONE
+            samples = np.zeros(world)
+        elif self.last.stop_requested:
+            ctrl[:2] = self.last.round, FLAG_STOP
+            return ctrl  # the unevaluated row travels in the checkpoint
+        else:
+            ctrl[:2] = self.last.round + 1, FLAG_FULL_STATE if (not self.masks_down or self.resync) else 0
+            samples = trained_samples(self.cfg, self.su, world, plan_round(self.cfg, self.su, self.transport,
+                                                                           ctrl).assignment)
+        self.bounds = None
+        if self.last.pending is not None and self._due(self.last.pending["round"]):
+            self.bounds = self.balancer.plan(samples, samples > 0)
+            ctrl[_BOUNDS:] = self.bounds
+        return ctrl
+
+    def _due(self, r: int) -> bool:
+        return bool(self.cfg.eval_every and r % self.cfg.eval_every == 0 or r == self.cfg.rounds)
 
     def aggregate(self, plan: Plan, got: Gathered, state: dict) -> tuple[list, dict]:
         with self.timer("decode_aggregate"):
             return decode_uploads(self.su, got.buffers, plan, state, self.cfg.server_lr,
                                   ranks=list(range(len(got.buffers))))
 
-    def flush_pending(self, state: dict) -> None:
-        """Evaluate the last completed round's model where due and hand its row to the hooks."""
+    def flush_pending(self) -> None:
+        """Hand the last completed round's row to the hooks now when it is not to be evaluated (else that
+        happens once this round's rank reports hold the evaluation: `evaluated`)."""
         row = self.last.pending
-        if row is None:
+        if row is None or self.bounds is not None:
             return
-        r = row["round"]
-        if self.cfg.eval_every and r % self.cfg.eval_every == 0 or r == self.cfg.rounds:
-            with self.timer("evaluate"):
-                row["test_accuracy"], row["test_loss"] = evaluate(
-                    self.su.model, self.su.algo.eval_state(state, r), self.su.x_test, self.su.y_test,
-                    transform=self.su.eval_transform)
-        else:
-            row["test_accuracy"] = row["test_loss"] = math.nan
-        self.last.pending = None
+        row["test_accuracy"] = row["test_loss"] = math.nan
+        self._row_ready()
+
+    def _row_ready(self) -> None:
+        row, self.last.pending = self.last.pending, None
         for h in self.hooks:
             h.row_ready(row)
 
+    def evaluated(self, table: np.ndarray, samples: np.ndarray | None = None) -> None:
+        """The planned evaluation is in the rank reports `table` (its last columns): complete the pending row.
+        `samples`: what each rank trained this round, to update the balancer's speed estimates."""
+        if self.bounds is None:
+            return
+        cols = table[:, table.shape[1] - self.shard.row_size():]
+        self.last.pending["test_accuracy"], self.last.pending["test_loss"] = self.shard.combine(cols)
+        self.balancer.measured(self.bounds, table[:, PHASES.index("evaluate")],
+                               np.zeros(len(table)) if samples is None else samples,
+                               table[:, PHASES.index("local_train")])
+        self.bounds = None
+        self._row_ready()
+
     def complete(self, plan: Plan, messages: list, table: np.ndarray, report_bytes: int, wall: float,
                  mismatched: list[int], state: dict) -> None:
-        """The round is complete only now: state, row and round number change together."""
+        """The round is complete only now: state, row and round number change together (after the previous
+        round's row, evaluated during this round)."""
+        self.evaluated(table, trained_samples(self.cfg, self.su, self.transport.size, plan.assignment))
+        table = table[:, :_STOP + 1]
         stop = bool(table[:, _STOP].any())
         row = _round_row(plan, messages, table, report_bytes, wall, resync=self.masks_down and plan.full_state
                          and plan.round > 1, mismatched=len(mismatched))
@@ -175,7 +232,8 @@ class ServerPart:
         if self.writer is None:
             return
         if done >= cfg.rounds:
-            self.flush_pending(state)
+            if self.last.pending is not None:  # the final evaluation was not needed by the loop (not due)
+                self.flush_pending()
             took = time.perf_counter() - self.t_start
             digest = self.writer.finalize(state_arrays(state), {"rounds_completed": cfg.rounds,
                                                                 "total_seconds": took})

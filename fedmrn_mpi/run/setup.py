@@ -63,8 +63,8 @@ class Setup:
     state: dict                            # the initial global state, on `device`
     eval_transform: Callable[[torch.Tensor], torch.Tensor]  # stored test images -> model input
     client_data: Callable[[int], Batch] | None = None  # client k's samples on `device` (client ranks only)
-    x_test: torch.Tensor | None = None     # rank 0 only
-    y_test: torch.Tensor | None = None
+    test_data: Callable[[int, int], Batch] | None = None  # test rows [first, last) on `device`
+    num_test: int = 0
     data_source: str = ""
     setup_seconds: float = 0.0             # from the process's start to the end of set-up
 
@@ -74,8 +74,7 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
     root = cfg.seed
     threads = set_threads(cfg, transport)
     device = choose_device(cfg, transport)
-    data = open_run_data(cfg, device, need_train=transport.runs_clients, need_test=transport.is_server,
-                         check_source=transport.is_server)
+    data = open_run_data(cfg, device, need_train=transport.runs_clients, check_source=transport.is_server)
     c, h, _ = data.input_shape
     model = build_model(cfg.model.name, c, h, data.num_classes, derive_seed(root, "init")).to(device)
     spec = model_spec(model)
@@ -85,9 +84,8 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
                                    local_epochs=cfg.local_epochs, weighting=cfg.algorithm.weighting,
                                    transform=data.train_transform, augment=data.augment, poll=poll),
                state={n: t.detach().clone() for n, t in global_state(model).items()},
-               eval_transform=data.test_transform, client_data=data.client, data_source=data.source)
-    if data.test is not None:
-        su.x_test, su.y_test = data.test
+               eval_transform=data.test_transform, client_data=data.client, test_data=data.test,
+               num_test=data.num_test, data_source=data.source)
     su.setup_seconds = process_age()
     return su
 

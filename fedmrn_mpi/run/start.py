@@ -9,9 +9,9 @@ from typing import Callable
 from .. import __version__
 from ..comm import Transport
 from ..config import Config
-from ..results import ResultsWriter
 from ..results.schema import PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES
 from .client_states import ClientStates
+from .evaluation import Shard
 from .hooks import CheckpointHook, ProgressHook, ResultsHook
 from .progress import PhaseTimer
 from .resume import plan_start
@@ -20,7 +20,7 @@ from .setup import Setup, environment_attrs, rank_facts, ranks_text
 
 
 def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer, out_path: str, resume: bool,
-                 log: Callable[..., None]) -> ServerPart | None:
+                 log: Callable[..., None], shard: Shard) -> ServerPart | None:
     """Every rank calls this (it gathers each rank's facts); rank 0 gets its ServerPart, the others None."""
     facts = rank_facts(su, transport)
     if not transport.is_server:
@@ -31,7 +31,8 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
     checkpoints = CheckpointHook(cfg, out_path, log)
     states = client_states(su)
     if start.complete:
-        return ServerPart(cfg, su, transport, timer, None, checkpoints, [], cfg.rounds + 1, None, log, states)
+        return ServerPart(cfg, su, transport, timer, None, checkpoints, [], cfg.rounds + 1, None, log, states, shard)
+    from ..results import ResultsWriter  # rank 0 only: client ranks never load h5py
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     attrs = environment_attrs(cfg, su, transport, facts)
     if start.state is not None:
@@ -49,7 +50,8 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
         f"upload {su.algo.payload_nbytes()} B/client; results -> {out_path}")
     log(f"devices: {ranks_text(attrs['rank_devices'])}", flush=True)
     hooks = [ResultsHook(writer), ProgressHook(cfg, start.round, log)]
-    return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log, states)
+    return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log, states,
+                      shard)
 
 
 def client_states(su: Setup) -> ClientStates | None:

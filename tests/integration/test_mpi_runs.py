@@ -37,7 +37,8 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
         assert list(f["rounds/uplink_bytes"][:]) == [4 * (HEADER_SIZE + payload)] * 2
         assert np.all(f["clients/uplink_bytes"][:] == HEADER_SIZE + payload)
         state_bytes = 4 * (389_920 + 1920)
-        assert np.all(f["rounds/downlink_bytes"][:] == 2 * (state_bytes + 16))
+        ctrl = 8 * (2 + 3 + 1)  # round, flags, the evaluation's block boundaries of the 3 ranks
+        assert np.all(f["rounds/downlink_bytes"][:] == 2 * (state_bytes + ctrl))
         # the transport counted every byte: what one rank sent, another received
         sent, recv = f["ranks/bytes_sent"][:], f["ranks/bytes_received"][:]
         assert sent.shape == recv.shape == (2, 3) and np.array_equal(sent.sum(1), recv.sum(1))
@@ -45,7 +46,12 @@ def test_two_rounds_under_mpirun_n3_write_a_valid_results_file(cli, tmp_path):
         assert np.all(recv[:, 0] == f["rounds/uplink_bytes"][:] + 2 * 8)  # + the others' upload sizes
         # control: upload sizes (every rank to the 2 others) + the 2 client ranks' end-of-round reports
         report = 8 * (7 + 2 * len(CHANNELS) + 1)
-        assert np.all(f["rounds/control_bytes"][:] == 3 * 2 * 8 + 2 * report)
+        # round 2's reports also carry the evaluation of round 1's model: loss and correct count of the two
+        # blocks of 100 test images, from each rank
+        scores = 8 * 2 * 2
+        assert list(f["rounds/control_bytes"][:]) == [3 * 2 * 8 + 2 * report, 3 * 2 * 8 + 2 * (report + scores)]
+        # every rank evaluated a share (round 2's row holds round 1's model's evaluation)
+        assert np.all(f["ranks/phase_seconds"][1, :, list(f["rounds/phase_seconds"].attrs["phases"]).index("evaluate")] > 0)
         assert f["clients/sampled"].shape == (2, 4) and set(np.unique(f["clients/rank"][:])) <= {1, 2}
         ph = f["rounds/phase_seconds"]
         assert ph.shape == (2, 7) and list(ph.attrs["phases"])[0] == "local_train"
@@ -86,11 +92,12 @@ def test_mask_downlink_rebuilds_the_same_model_with_fewer_bytes(cli, tmp_path):
         assert a.attrs["final_model_sha256"] == b.attrs["final_model_sha256"]
         da, db = a["rounds/downlink_bytes"][:], b["rounds/downlink_bytes"][:]
         state = 4 * (389_920 + 1920)
-        assert list(da) == [2 * (state + 16)] * 3
+        ctrl = 8 * (2 + 3 + 1)
+        assert list(da) == [2 * (state + ctrl)] * 3
         relay = 4 * (HEADER_SIZE + a.attrs["payload_bytes_per_client"])
         # round 1 sends the state once; then only the relayed uploads (+ digests on rounds 2 and 3)
-        assert db[0] == 2 * (state + 16 + 8 + relay)
-        assert db[1] == 2 * (16 + 8 + relay + 32) and db[2] == db[1]
+        assert db[0] == 2 * (state + ctrl + 8 + relay)
+        assert db[1] == 2 * (ctrl + 8 + relay + 32) and db[2] == db[1]
         assert db[1] < da[1] / 3
         assert list(b["rounds/resync"][:]) == [0, 0, 0]
 

@@ -52,20 +52,22 @@ def _same(a, b):
     for k in range(len(a.sizes)):
         (xa, ya), (xb, yb) = a.client(k), b.client(k)
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.dtype == xb.dtype
-    assert torch.equal(a.test[0], b.test[0]) and torch.equal(a.test[1], b.test[1])
-    x = a.test[0][:5]
+    assert a.num_test == b.num_test
+    for first, last in ((0, a.num_test), (3, 17)):
+        (xa, ya), (xb, yb) = a.test(first, last), b.test(first, last)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and len(ya) == min(last, a.num_test) - first
+    x = a.test(0, 5)[0]
     assert torch.equal(a.train_transform(x), b.train_transform(x))
     assert torch.equal(a.test_transform(x), b.test_transform(x))
 
 
 def test_prepared_synthetic_data_gives_every_rank_the_same_tensors_as_the_generator(tmp_path):
     out = _prepare(tmp_path)
-    raw = open_run_data(_cfg(), CPU, need_train=True, need_test=True)
-    prep = open_run_data(_cfg(f"data.prepared={out}"), CPU, need_train=True, need_test=True, check_source=True)
+    raw = open_run_data(_cfg(), CPU, need_train=True)
+    prep = open_run_data(_cfg(f"data.prepared={out}"), CPU, need_train=True, check_source=True)
     _same(raw, prep)
-    server = open_run_data(_cfg(f"data.prepared={out}"), CPU, need_train=False, need_test=True)
-    client = open_run_data(_cfg(f"data.prepared={out}"), CPU, need_train=True, need_test=False)
-    assert server.client is None and server.test is not None and client.test is None
+    server = open_run_data(_cfg(f"data.prepared={out}"), CPU, need_train=False)
+    assert server.client is None and server.num_test == raw.num_test
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -79,16 +81,16 @@ def test_prepared_raw_files_round_trip_with_their_sources_checked(tmp_path, data
         assert f["train/images"].dtype == np.uint8 and f.attrs["source_sha256"]
         files = [name for name, _, _ in __import__("json").loads(f.attrs["source_files"])]
     assert len(files) == (4 if dataset == "mnist" else 6)
-    raw = open_run_data(_cfg(*over), CPU, need_train=True, need_test=True)
-    prep = open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, True, check_source=True)
+    raw = open_run_data(_cfg(*over), CPU, need_train=True)
+    prep = open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, check_source=True)
     _same(raw, prep)
     # the same file, now from other source files: refused, naming the sources
     victim = sorted(p for p in src.rglob("*") if p.is_file())[0]
     victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
     with pytest.raises(PreparedFileError, match="source files"):
-        open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, True, check_source=True)
+        open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, check_source=True)
     # ranks that do not check the sources (all but rank 0) still read it
-    open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, False)
+    open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True)
 
 
 @pytest.mark.parametrize("over, what", [
@@ -97,7 +99,7 @@ def test_prepared_raw_files_round_trip_with_their_sources_checked(tmp_path, data
 def test_a_prepared_file_for_other_settings_is_refused_naming_them(tmp_path, over, what):
     out = _prepare(tmp_path)
     with pytest.raises(PreparedFileError, match=f"prepared for other data.*{what}.*data prepare"):
-        open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True, True)
+        open_run_data(_cfg(*over, f"data.prepared={out}"), CPU, True)
 
 
 def test_damaged_or_foreign_prepared_files_are_clear_errors(tmp_path):
