@@ -1,11 +1,23 @@
 import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import torch
+
+# Without a CUDA device the Triton kernel tests run in Triton's interpreter on CPU tensors. Triton reads
+# TRITON_INTERPRET when it is imported (its own standard library is @jit-decorated at import time; setting it
+# later fails with "Cannot call @triton.jit'd outside of the scope of a kernel"), so this must come before
+# anything imports triton. torch does not import triton.
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+        import warnings
+        warnings.warn("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -108,6 +108,12 @@ class Algorithm(ABC):
         return {n: global_state[n] + server_lr * mean[n] if n in self.spec.params else mean[n]
                 for n in self.spec.names}
 
+    def fused_sum(self, device: torch.device):
+        """A fused decode-and-sum of all clients' uploads for `aggregate` on `device`, or None (the default:
+        `decode` client by client). FedMRN provides one on CUDA (Triton kernels): an object with
+        `decode(payload, seed, global_state, device)`, `weight(a)` and `sums()`."""
+        return None
+
     def eval_state(self, global_state: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
         """The state the test set is evaluated with after round `round_` (the global state by default)."""
         return global_state

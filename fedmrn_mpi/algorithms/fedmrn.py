@@ -5,15 +5,23 @@ Per masked tensor the trainable is a latent update `u` (reset to 0 each round) o
 the effective weight is `w + Δ` with Δ a hard/soft masked noise sample, and the gradient reaches `u` through
 a straight-through identity. After the last step a fresh mask is drawn from q; its packed bits and the noise
 seed are the upload, followed by the float32 unmasked tensors.
+
+On CUDA the per-step draws (`materialize`), the final draw with its bit packing (`final_bits`, `encode`) and
+the server's decode and weighted sum (`decode`, `fused_sum` used by `aggregate`) run the fused Triton kernels
+of `fedmrn_kernels` (imported only then), which regenerate the noise and the draws in one pass and give the
+same bits as the eager code here. `FedMRN.kernels` (or the module switch `fedmrn_mpi.rng.noise.KERNELS`)
+picks: "auto" (kernels on CUDA), "triton" (always), "reference" (never).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 
 from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
-from ..rng.noise import make_stream, noise, uniform01
+from ..rng.noise import make_stream, noise, uniform01, use_triton
 from .base import Algorithm, ClientContext, LocalProblem, Update
 
 # Stream purposes: one independent stream per (purpose, tensor index, step).
@@ -61,13 +69,26 @@ class FedMRN(Algorithm):
     algo_id = 2
     options = ("mask", "noise", "sigma", "training")
 
+    # Which codec implementation runs: None follows fedmrn_mpi.rng.noise.KERNELS ("auto": the Triton kernels
+    # for CUDA tensors); "triton" or "reference" force one (tests, benchmarks).
+    kernels: str | None = None
+
     @property
     def _a(self):
         return self.cfg.algorithm
 
     def noise_for(self, seed: int, index: int, name: str, device: torch.device) -> torch.Tensor:
         return noise(seed, make_stream(_NOISE, index), self.spec.shapes[name], self._a.noise,
-                     self._a.effective_sigma, device)
+                     self._a.effective_sigma, device, impl=self.kernels)
+
+    def _fused(self, device: torch.device) -> bool:
+        """Whether the codec runs the fused kernels for tensors on `device`."""
+        return use_triton(device, self.kernels)
+
+    def _kernel_noise(self, n: torch.Tensor) -> torch.Tensor | None:
+        # Kernels regenerate uniform/rademacher noise (cheaper than reading it); gaussian's float64 log/cos
+        # cost more than reading the stored noise, which the client computed with the same code.
+        return n if self._a.noise == "gaussian" else None
 
     def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:
         masked = self.spec.masked
@@ -94,12 +115,27 @@ class FedMRN(Algorithm):
         if p <= 0.0:
             return soft
         q = probability_from_ratio(c, mask)
-        draw = uniform01(ctx.draw_seed, make_stream(_HARD, index, step), u.shape, u.device)
+        draw = uniform01(ctx.draw_seed, make_stream(_HARD, index, step), u.shape, u.device, impl=self.kernels)
         hard = masked_noise(n, draw < q, mask)
         if p >= 1.0:
             return hard
-        select = uniform01(ctx.draw_seed, make_stream(_SELECT, index, step), u.shape, u.device) < p
+        select = uniform01(ctx.draw_seed, make_stream(_SELECT, index, step), u.shape, u.device,
+                           impl=self.kernels) < p
         return torch.where(select, hard, soft)
+
+    def sample_base(self, u: torch.Tensor, n: torch.Tensor, w: torch.Tensor, index: int, step: int,
+                    ctx: ClientContext) -> torch.Tensor:
+        """The straight-through base `(w + Δ) - u` of one local step (no gradient), Δ from `sample_delta`: one
+        fused kernel per tensor on the kernel path, the eager ops otherwise (the same bits either way)."""
+        if self._a.training != "post" and self._fused(u.device):
+            from . import fedmrn_kernels as fk
+            a = self._a
+            return fk.sample_base(u, w, self._kernel_noise(n), noise_seed=ctx.noise_seed,
+                                  noise_stream=make_stream(_NOISE, index), kind=a.noise, sigma=a.effective_sigma,
+                                  draw_seed=ctx.draw_seed, hard_stream=make_stream(_HARD, index, step),
+                                  select_stream=make_stream(_SELECT, index, step),
+                                  p=hard_share(step, ctx.total_steps, a.training), signed=a.mask == "signed")
+        return w + self.sample_delta(u, n, index, step, ctx) - u
 
     def materialize(self, problem: LocalProblem, step: int, ctx: ClientContext) -> dict[str, torch.Tensor]:
         params = dict(problem.trainables)
@@ -107,11 +143,18 @@ class FedMRN(Algorithm):
         for j, name in enumerate(self.spec.masked):
             u = problem.trainables[name]
             with torch.no_grad():
-                delta = self.sample_delta(u, noises[name], j, step, ctx)
-                base = frozen[name] + delta - u
+                base = self.sample_base(u, noises[name], frozen[name], j, step, ctx)
             # straight-through: the forward sees w + Δ, the gradient reaches u unchanged (∂Δ/∂u = I)
             params[name] = base + u
         return params
+
+    def _final_pack(self, out: torch.Tensor, bit_off: int, index: int, u: torch.Tensor, n: torch.Tensor,
+                    ctx: ClientContext) -> None:
+        from . import fedmrn_kernels as fk
+        a = self._a
+        fk.final_pack(out, bit_off, u, self._kernel_noise(n), noise_seed=ctx.noise_seed,
+                      noise_stream=make_stream(_NOISE, index), kind=a.noise, sigma=a.effective_sigma,
+                      draw_seed=ctx.draw_seed, final_stream=make_stream(_FINAL, index), signed=a.mask == "signed")
 
     def final_bits(self, problem: LocalProblem, ctx: ClientContext) -> dict[str, torch.Tensor]:
         """The fresh final draw m ~ Bernoulli(q), one bool tensor per masked tensor."""
@@ -119,15 +162,32 @@ class FedMRN(Algorithm):
         with torch.no_grad():
             for j, name in enumerate(self.spec.masked):
                 u, n = problem.trainables[name], problem.extra["noise"][name]
+                if self._fused(u.device):
+                    packed = torch.empty(packed_nbytes(u.numel()), dtype=torch.uint8, device=u.device)
+                    self._final_pack(packed, 0, j, u, n, ctx)
+                    out[name] = unpack_bits(packed, u.numel(), impl=self.kernels).view(u.shape)
+                    continue
                 q = mask_probability(u, n, self._a.mask)
-                out[name] = uniform01(ctx.draw_seed, make_stream(_FINAL, j), u.shape, u.device) < q
+                out[name] = uniform01(ctx.draw_seed, make_stream(_FINAL, j), u.shape, u.device, impl=self.kernels) < q
         return out
 
     def encode(self, problem: LocalProblem, ctx: ClientContext) -> np.ndarray:
-        bits = self.final_bits(problem, ctx)
-        problem.extra["final_delta"] = {n: masked_noise(problem.extra["noise"][n], b, self._a.mask)
-                                        for n, b in bits.items()}
-        packed = pack_bits(torch.cat([b.reshape(-1) for b in bits.values()])).cpu().numpy()
+        if self._fused(ctx.device):
+            # the final draw goes straight into the packed bytes, one kernel per tensor
+            packed_t = torch.empty(packed_nbytes(self.spec.num_masked), dtype=torch.uint8, device=ctx.device)
+            off = 0
+            with torch.no_grad():
+                for j, name in enumerate(self.spec.masked):
+                    u = problem.trainables[name]
+                    self._final_pack(packed_t, off, j, u, problem.extra["noise"][name], ctx)
+                    off += u.numel()
+            problem.extra["final_delta"] = _FinalDeltas(self, packed_t, problem.extra["noise"])
+            packed = packed_t.cpu().numpy()
+        else:
+            bits = self.final_bits(problem, ctx)
+            problem.extra["final_delta"] = {n: masked_noise(problem.extra["noise"][n], b, self._a.mask)
+                                            for n, b in bits.items()}
+            packed = pack_bits(torch.cat([b.reshape(-1) for b in bits.values()]), impl=self.kernels).cpu().numpy()
         state = {**problem.trainables, **problem.buffers}
         floats = self._float_payload([state[n] for n in self.spec.unmasked])
         return np.concatenate([packed, floats])
@@ -141,15 +201,106 @@ class FedMRN(Algorithm):
             raise ValueError(f"FedMRN payload is {payload.nbytes} bytes, expected {self.payload_nbytes()}")
         nb = packed_nbytes(self.spec.num_masked)
         packed = torch.frombuffer(bytearray(payload[:nb]), dtype=torch.uint8).to(device)
-        bits = unpack_bits(packed, self.spec.num_masked)
-        deltas: dict[str, torch.Tensor] = {}
-        off = 0
-        for j, name in enumerate(self.spec.masked):
-            k = self.spec.numel(name)
-            m = bits[off: off + k].reshape(self.spec.shapes[name])
-            deltas[name] = masked_noise(self.noise_for(seed, j, name, device), m, self._a.mask)
-            off += k
+        deltas: dict[str, torch.Tensor]
+        if self._fused(device):  # one client's weighted sum with weight 1: fma(Δ, 1, +0) is Δ itself
+            deltas = self._mask_sums(packed.view(1, -1), [seed], torch.ones(1, dtype=torch.float32, device=device))
+        else:
+            bits = unpack_bits(packed, self.spec.num_masked, impl=self.kernels)
+            deltas = {}
+            off = 0
+            for j, name in enumerate(self.spec.masked):
+                k = self.spec.numel(name)
+                m = bits[off: off + k].reshape(self.spec.shapes[name])
+                deltas[name] = masked_noise(self.noise_for(seed, j, name, device), m, self._a.mask)
+                off += k
         values = self._read_floats(payload, self.spec.unmasked, nb, device)
         more, buffers = self._values_to_update(values, global_state)
         deltas.update(more)
         return Update(deltas, buffers)
+
+    def _mask_sums(self, packed: torch.Tensor, seeds: list[int], weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σ_k a_k Δ_k per masked tensor from K clients' packed fields (uint8 [K, bytes] on the device), their
+        noise seeds and float32 weights, in row order: the fused `mask_sum` kernel, one launch per tensor."""
+        from . import fedmrn_kernels as fk
+        a = self._a
+        keys = torch.from_numpy(np.stack([fk.mask_sum_keys(seeds, make_stream(_NOISE, j), a.noise)
+                                          for j in range(len(self.spec.masked))])).to(packed.device)
+        out: dict[str, torch.Tensor] = {}
+        off = 0
+        for j, name in enumerate(self.spec.masked):
+            k = self.spec.numel(name)
+            out[name] = fk.mask_sum(packed, off, k, keys[j], weights, kind=a.noise, sigma=a.effective_sigma,
+                                    signed=a.mask == "signed").view(self.spec.shapes[name])
+            off += k
+        return out
+
+    def fused_sum(self, device: torch.device) -> "FusedMaskSum | None":
+        """The server's fast path for `aggregate` on `device` (None: decode client by client as usual)."""
+        if not self.spec.masked or not self._fused(device):
+            return None
+        return FusedMaskSum(self, device)
+
+
+class FusedMaskSum:
+    """FedMRN's hook into `aggregate`: `decode` validates a payload and decodes its unmasked tensors as
+    `FedMRN.decode` does, keeping the packed mask bits and the seed; `weight` records the client's weight;
+    `sums` then computes every masked tensor's weighted sum over all clients in one kernel launch per tensor
+    (the same float32 values as adding each decoded Δ with `acc.add_(Δ, alpha=a)` in the same order)."""
+
+    def __init__(self, algo: FedMRN, device: torch.device) -> None:
+        self.algo, self.device = algo, device
+        self.rows: list[np.ndarray] = []
+        self.seeds: list[int] = []
+        self.weights: list[float] = []
+
+    def decode(self, payload: memoryview, seed: int, global_state: dict[str, torch.Tensor],
+               device: torch.device) -> Update:
+        algo = self.algo
+        if payload.nbytes != algo.payload_nbytes():
+            raise ValueError(f"FedMRN payload is {payload.nbytes} bytes, expected {algo.payload_nbytes()}")
+        nb = packed_nbytes(algo.spec.num_masked)
+        self.rows.append(np.frombuffer(payload, dtype=np.uint8, count=nb))
+        self.seeds.append(int(seed))
+        values = algo._read_floats(payload, algo.spec.unmasked, nb, device)
+        deltas, buffers = algo._values_to_update(values, global_state)
+        return Update(deltas, buffers)
+
+    def weight(self, a: float) -> None:
+        self.weights.append(float(a))
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        if len(self.weights) != len(self.rows):
+            raise RuntimeError(f"{len(self.rows)} payloads but {len(self.weights)} weights")
+        packed = torch.from_numpy(np.stack(self.rows)).to(self.device)
+        weights = torch.from_numpy(np.array(self.weights, dtype=np.float32)).to(self.device)  # alpha -> float32
+        return self.algo._mask_sums(packed, self.seeds, weights)
+
+
+class _FinalDeltas(Mapping):
+    """`problem.extra["final_delta"]` of the kernel path: the sent Δ per masked tensor, rebuilt from the packed
+    bits only when someone reads it (the upload itself needs only the bits)."""
+
+    def __init__(self, algo: FedMRN, packed: torch.Tensor, noises: dict[str, torch.Tensor]) -> None:
+        self._algo, self._packed, self._noises = algo, packed, noises
+        self._cache: dict[str, torch.Tensor] | None = None
+
+    def _all(self) -> dict[str, torch.Tensor]:
+        if self._cache is None:
+            spec, algo = self._algo.spec, self._algo
+            bits = unpack_bits(self._packed, spec.num_masked, impl=algo.kernels)
+            self._cache, off = {}, 0
+            for name in spec.masked:
+                k = spec.numel(name)
+                m = bits[off: off + k].reshape(spec.shapes[name])
+                self._cache[name] = masked_noise(self._noises[name], m, algo._a.mask)
+                off += k
+        return self._cache
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._algo.spec.masked)
+
+    def __len__(self) -> int:
+        return len(self._algo.spec.masked)

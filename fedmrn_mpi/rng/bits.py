@@ -7,6 +7,9 @@ On CUDA (and on the CPU with _CPU_NUMPY = False) both directions are a few int64
 bytes (each 0/1) are read as one little-endian int64 word and the 8 bits are folded together with shifts,
 or spread apart in reverse. Every intermediate stays below 2**57, so nothing relies on overflow. On the
 CPU, numpy.packbits / unpackbits on zero-copy views do the same 3-4x faster.
+
+On CUDA both directions run a Triton kernel instead (`fedmrn_mpi.rng.kernels`; selection and the `impl`
+argument as in `fedmrn_mpi.rng.noise.use_triton`); the paths above remain the reference.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import sys
 
 import numpy as np
 import torch
+
+from .noise import use_triton
 
 __all__ = ["check_padding", "pack_bits", "pack_planes", "packed_nbytes", "unpack_bits", "unpack_planes"]
 
@@ -33,11 +38,14 @@ def packed_nbytes(numel: int) -> int:
     return (numel + 7) // 8
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+def pack_bits(mask: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """Any-shape bool (or 0/1) tensor -> 1-D uint8 tensor of ceil(n / 8) bytes, LSB first, on the same device."""
     flat = mask.reshape(-1)
     if flat.dtype != torch.bool:
         flat = flat != 0
+    if use_triton(flat.device, impl):
+        from .kernels import launch_pack
+        return launch_pack(flat.contiguous().view(torch.uint8))
     if flat.device.type == "cpu" and _CPU_NUMPY:
         return torch.from_numpy(np.packbits(flat.contiguous().numpy(), bitorder="little"))
     n = flat.numel()
@@ -55,7 +63,7 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8)
 
 
-def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+def unpack_bits(packed: torch.Tensor, numel: int, *, impl: str | None = None) -> torch.Tensor:
     """Inverse of pack_bits: 1-D bool tensor of `numel` elements on the device of `packed`."""
     numel = int(numel)
     want = packed_nbytes(numel)
@@ -65,6 +73,9 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     if packed.dim() != 1 or packed.numel() != want:
         raise ValueError(f"packed mask for {numel} elements must be 1-D with {want} bytes, "
                          f"got {packed.numel()} bytes in shape {tuple(packed.shape)}")
+    if use_triton(packed.device, impl):
+        from .kernels import launch_unpack
+        return launch_unpack(packed.contiguous(), numel)
     if packed.device.type == "cpu" and _CPU_NUMPY:
         bits = np.unpackbits(packed.contiguous().numpy(), count=numel, bitorder="little")
         return torch.from_numpy(bits.view(np.bool_))

@@ -40,11 +40,21 @@ Two exact implementations of h, checked against each other and against tests/num
 - NumPy uint32 on the CPU (default there): native wrapping arithmetic, half the memory traffic, about 2x
   faster than eager torch int64 on the CPU.
 Both work in cache-sized chunks on the CPU: every eager op is a pass over memory.
+
+On CUDA, `noise` and `uniform01` (and the FedMRN codec built on them) run fused Triton kernels
+(`fedmrn_mpi.rng.kernels`, one pass that writes float32) instead of the eager torch int64 path; the code
+here stays the CPU path and the reference the kernels are tested against bit for bit. `use_triton`
+decides: the module switch `KERNELS` (initialised from the environment variable FEDMRN_KERNELS) or a
+call's `impl` is "auto" (Triton for CUDA tensors when it imports), "triton" (always; CPU tensors need
+TRITON_INTERPRET=1 set before Triton is imported) or "reference" (never). Triton is imported only when a
+kernel is about to run, so CPU-only processes never pay for it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +69,8 @@ __all__ = [
     "uniform01",
     "noise",
     "zero_guard_",
+    "KERNEL_IMPLS",
+    "use_triton",
 ]
 
 NOISE_KINDS = ("uniform", "gaussian", "rademacher")
@@ -79,6 +91,47 @@ _CPU_NUMPY = True
 
 ShapeLike = int | Sequence[int] | torch.Size
 DeviceLike = torch.device | str
+
+
+# --- kernel selection ---------------------------------------------------------------------------------------
+
+KERNEL_IMPLS = ("auto", "triton", "reference")
+# Module switch for every codec wrapper (noise, uniform01, pack/unpack, FedMRN's draws and decode); a call's
+# own `impl` argument wins. Tests and benchmarks assign it; runs can set FEDMRN_KERNELS=reference to compare.
+KERNELS: str = os.environ.get("FEDMRN_KERNELS", "auto") or "auto"
+
+_triton_ok: bool | None = None   # None: not tried yet
+
+
+def _triton_importable() -> bool:
+    """Import the Triton kernels once (this imports Triton); False, with a warning, if that fails."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            from . import kernels  # noqa: F401
+        except Exception as exc:  # ImportError, or a Triton that cannot initialise here
+            warnings.warn(f"Triton kernels unavailable ({type(exc).__name__}: {exc}); using the reference path",
+                          RuntimeWarning, stacklevel=3)
+            _triton_ok = False
+        else:
+            _triton_ok = True
+    return _triton_ok
+
+
+def use_triton(device: DeviceLike, impl: str | None = None) -> bool:
+    """Whether a codec op on `device` runs its Triton kernel: `impl` (default: the module switch `KERNELS`)
+    "reference" -> never; "triton" -> always (an error if Triton does not import); "auto" -> for CUDA devices
+    when Triton imports. Nothing is imported for CPU devices under "auto"."""
+    impl = KERNELS if impl is None else impl
+    if impl == "auto":
+        return torch.device(device).type == "cuda" and _triton_importable()
+    if impl == "reference":
+        return False
+    if impl == "triton":
+        if not _triton_importable():
+            raise RuntimeError("impl='triton' was requested but the Triton kernels do not import")
+        return True
+    raise ValueError(f"unknown kernel implementation {impl!r}; expected one of {KERNEL_IMPLS}")
 
 
 # --- keys and stream ids (exact Python integers) ------------------------------------------------------------
@@ -217,10 +270,14 @@ def random_u32(seed: int, stream: int, numel: int, device: DeviceLike = "cpu", *
     return out
 
 
-def uniform01(seed: int, stream: int, shape: ShapeLike, device: DeviceLike = "cpu") -> torch.Tensor:
-    """float32 uniforms in [0, 1) on a 2**-24 grid: (h >> 8) * 2**-24."""
+def uniform01(seed: int, stream: int, shape: ShapeLike, device: DeviceLike = "cpu", *,
+              impl: str | None = None) -> torch.Tensor:
+    """float32 uniforms in [0, 1) on a 2**-24 grid: (h >> 8) * 2**-24. `impl`: see `use_triton`."""
     shape, n = _shape_numel(shape)
     device = torch.device(device)
+    if use_triton(device, impl):
+        from .kernels import launch_uniform01
+        return launch_uniform01(torch.empty(n, dtype=torch.float32, device=device), seed, stream).view(shape)
     chunk = max(1, min(n, _chunk_elems(device)))
     words = _Words(seed, stream, 0, device, chunk)
     out = torch.empty(n, dtype=torch.float32, device=device)
@@ -240,10 +297,11 @@ def _f32(v: float) -> float:
 
 
 def noise(seed: int, stream: int, shape: ShapeLike, kind: str, sigma: float,
-          device: DeviceLike = "cpu") -> torch.Tensor:
+          device: DeviceLike = "cpu", *, impl: str | None = None) -> torch.Tensor:
     """float32 noise of `shape`: uniform U[-sigma, sigma), gaussian N(0, sigma^2) or rademacher +-sigma.
 
     Deterministic in (seed, stream, shape, kind, sigma), identical on every device; every |n| >= 1e-8.
+    `impl`: which implementation runs (see `use_triton`); all give the same values.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; expected one of {NOISE_KINDS}")
@@ -252,6 +310,10 @@ def noise(seed: int, stream: int, shape: ShapeLike, kind: str, sigma: float,
         raise ValueError(f"noise sigma must be a finite number >= 0, got {sigma}")
     shape, n = _shape_numel(shape)
     device = torch.device(device)
+    if use_triton(device, impl):
+        from .kernels import launch_noise
+        return launch_noise(torch.empty(n, dtype=torch.float32, device=device), seed, stream, kind,
+                            sigma).view(shape)
     s32 = _f32(sigma)
     chunk = max(1, min(n, _chunk_elems(device)))
     words = _Words(seed, stream, 0, device, chunk)

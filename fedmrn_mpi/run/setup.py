@@ -32,6 +32,12 @@ def choose_device(cfg: Config, transport: Transport) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("device: cuda was requested but torch sees no CUDA device on this rank")
+    # Same GPU model, same results (docs/design.md, "Reproducibility"): cuDNN and cuBLAS must not pick
+    # algorithms by timing or sum with atomics. cuBLAS reads its workspace setting when CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.device("cuda", transport.local_rank % torch.cuda.device_count())
 
 
