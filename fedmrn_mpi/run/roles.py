@@ -19,7 +19,7 @@ from ..comm.flat_state import state_arrays
 from ..comm.transport import CHANNELS
 from ..config import Config
 from ..results import PHASES, format_duration
-from ..training import assign_clients, sample_clients, train_client
+from ..training import assign_clients, sample_clients, train_client, train_clients_batched
 from .client_states import ClientStates
 from .evaluation import Balancer, Shard
 from .hooks import CheckpointHook, Completed, Hook
@@ -104,12 +104,18 @@ class ClientPart:
         """This rank's uploads for the round, back to back (empty if it has no client), and its clients' new
         per-client states (when the algorithm keeps any; `client_states` holds the old ones)."""
         su, uploads, new_states = self.su, [], {}
-        for cid in plan.assignment.get(self.rank, []):
-            ctx = su.local.context(plan.round, cid, int(su.sizes[cid]), su.device)
+        clients = plan.assignment.get(self.rank, [])
+        ctxs = [su.local.context(plan.round, cid, int(su.sizes[cid]), su.device) for cid in clients]
+        for cid, ctx in zip(clients, ctxs):
             if client_states is not None:
                 ctx.state = {n: t.to(su.device) for n, t in client_states.get(cid, {}).items()}
-            x, y = su.client_data(cid)
-            res = train_client(su.model, su.algo, state, x, y, ctx, su.local, timer=self.timer)
+        if self.cfg.batched_clients and len(clients) > 1:  # one vectorised computation for all of them
+            results = train_clients_batched(su.model, su.algo, state, [su.client_data(c) for c in clients], ctxs,
+                                            su.local, timer=self.timer)
+        else:  # the reference: one after another
+            results = [train_client(su.model, su.algo, state, *su.client_data(cid), ctx, su.local, timer=self.timer)
+                       for cid, ctx in zip(clients, ctxs)]
+        for cid, ctx, res in zip(clients, ctxs, results):
             with self.timer("encode"):
                 uploads.append(encode_message(su.algo.algo_id, plan.round, cid, res.seed, res.weight,
                                               res.train_loss, res.payload))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -65,51 +65,132 @@ def train_client(model: nn.Module, algo: Algorithm, global_state: dict[str, torc
     """
     timer = timer or (lambda phase: nullcontext())
     with timer("local_train"):
-        problem, loss = _local_sgd(model, algo, global_state, x, y, ctx, settings)
+        run = ClientRun(model, algo, global_state, x, y, ctx, settings)
+        train_steps(model, [run], settings)
     with timer("encode"):
-        payload = algo.encode(problem, ctx)
-    weight = float(ctx.num_samples if settings.weighting == "samples" else ctx.num_batches)
-    return ClientResult(ctx.client_id, payload, ctx.noise_seed, weight, loss)
+        return run.result()
 
 
-def _local_sgd(model: nn.Module, algo: Algorithm, global_state: dict[str, torch.Tensor], x: torch.Tensor,
-               y: torch.Tensor, ctx: ClientContext, settings: LocalTraining):
+StepGroup = Callable[[nn.Module, "list[ClientRun]", list, LocalTraining], list]
+
+
+class ClientRun:
+    """One client's local round in progress: its local problem (`algo.begin`), optimiser (SGD, Adam for the
+    trainables that ask), batch order (its own "order" generator) and augmentation generator (stream
+    "augment"), the step counter and the float64 loss sum. `train_steps` drives one or many of them."""
+
+    def __init__(self, model: nn.Module, algo: Algorithm, global_state: dict[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor, ctx: ClientContext, settings: LocalTraining, offset: int = 0) -> None:
+        """`x`, `y`: the client's samples, or (several clients side by side) a tensor holding every client's
+        samples, of which this client's are the `ctx.num_samples` rows from `offset` on."""
+        self.algo, self.x, self.y, self.ctx, self.settings, self.offset = algo, x, y, ctx, settings, offset
+        self.problem = problem = algo.begin(global_state, ctx)
+        names = list(problem.trainables)
+        self.leaves = leaves = list(problem.trainables.values())
+        self.sgd = [i for i, n in enumerate(names) if not algo.uses_adam(n)]
+        sgd_set = set(self.sgd)
+        self.adam_idx = [i for i in range(len(names)) if i not in sgd_set]
+        self.adam = _Adam([leaves[i] for i in self.adam_idx], settings.lr)
+        self.sgd_leaves = [leaves[i] for i in self.sgd]
+        self.order = torch_generator(derive_seed(settings.root_seed, "order", ctx.round, ctx.client_id))
+        # A generator of its own per (round, client): the augmentation of a client's batches depends neither on
+        # the batch order stream nor on which clients this rank trained before (or with). None: nothing is
+        # created or drawn.
+        self.augment_gen = (torch_generator(derive_seed(settings.root_seed, "augment", ctx.round, ctx.client_id))
+                            if settings.augment is not None else None)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.step = 0
+        self._indices = self._batch_indices()
+        self.pending: torch.Tensor | None = next(self._indices, None)   # rows of x, y of the next step
+
+    def _batch_indices(self) -> Iterator[torch.Tensor]:
+        """Rows of x, y for every step: per epoch a permutation from the "order" generator (shifted by
+        `offset`), cut into batches of `batch_size` (the last one may be short)."""
+        n, bs = self.ctx.num_samples, self.settings.batch_size
+        for _ in range(self.settings.local_epochs):
+            perm = torch.randperm(n, generator=self.order)
+            if self.offset:
+                perm += self.offset
+            perm = perm.to(self.ctx.device)
+            for b in range(self.ctx.num_batches):
+                yield perm[b * bs: (b + 1) * bs]
+
+    def next_params(self) -> dict[str, torch.Tensor]:
+        """Start the next step: the algorithm's parameters for it (`materialize`)."""
+        self.step += 1
+        return self.algo.materialize(self.problem, self.step, self.ctx)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's stored images (augmented with the client's generator, not yet transformed) and labels."""
+        idx, augment = self.pending, self.settings.augment
+        xb = self.x[idx] if augment is None else augment(self.x[idx], self.augment_gen)
+        return xb, self.y[idx]
+
+    def advance(self) -> None:
+        """Move on to the next batch (None after the last step)."""
+        self.pending = next(self._indices, None)
+
+    def result(self) -> ClientResult:
+        """Encode the upload after the last step."""
+        ctx, settings = self.ctx, self.settings
+        payload = self.algo.encode(self.problem, ctx)
+        weight = float(ctx.num_samples if settings.weighting == "samples" else ctx.num_batches)
+        return ClientResult(ctx.client_id, payload, ctx.noise_seed, weight, self.mean_loss())
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.step, 1)
+
+
+def train_steps(model: nn.Module, runs: list[ClientRun], settings: LocalTraining,
+                step_group: StepGroup | None = None) -> None:
+    """The local SGD loop, for one client or many side by side.
+
+    At each step every client that still has a batch takes one step; `settings.poll()` is called once per step.
+    The clients of a step are grouped by batch size (a short last batch forms its own group; nothing is ever
+    padded). A group of one client runs a plain `functional_call` forward and backward; a larger group goes
+    through `step_group(model, group, params, settings) -> [(grads, loss) per client]` (the vectorised step of
+    `training.batched`; `params`: each client's materialized parameters; the loss may come as float64). Then
+    each client takes its SGD (and Adam) step on its own leaves and adds its batch loss to its float64 sum.
+    """
     model.train()
-    problem = algo.begin(global_state, ctx)
-    names = list(problem.trainables)
-    leaves = list(problem.trainables.values())
-    sgd = [i for i, n in enumerate(names) if not algo.uses_adam(n)]
-    sgd_set = set(sgd)
-    adam = _Adam([leaves[i] for i in range(len(names)) if i not in sgd_set], settings.lr)
-    order = torch_generator(derive_seed(settings.root_seed, "order", ctx.round, ctx.client_id))
-    augment = settings.augment
-    # A generator of its own per (round, client): the augmentation of a client's batches depends neither on the
-    # batch order stream nor on which clients this rank trained before. None: nothing is created or drawn.
-    augment_gen = (torch_generator(derive_seed(settings.root_seed, "augment", ctx.round, ctx.client_id))
-                   if augment is not None else None)
-    n, bs, lr = ctx.num_samples, settings.batch_size, settings.lr
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    step = 0
-    for _ in range(settings.local_epochs):
-        perm = torch.randperm(n, generator=order).to(ctx.device)
-        for b in range(ctx.num_batches):
-            idx = perm[b * bs: (b + 1) * bs]
-            step += 1
-            if settings.poll is not None:
-                settings.poll()
-            params = algo.materialize(problem, step, ctx)
-            xb = x[idx] if augment is None else augment(x[idx], augment_gen)
-            logits = functional_call(model, {**params, **problem.buffers}, (settings.transform(xb),))
-            loss = F.cross_entropy(logits, y[idx])
-            grads = torch.autograd.grad(loss, leaves)
+    lr = settings.lr
+    while True:
+        active = [r for r in runs if r.pending is not None]
+        if not active:
+            return
+        if settings.poll is not None:
+            settings.poll()
+        groups: dict[int, list[ClientRun]] = {}
+        for r in active:
+            groups.setdefault(int(r.pending.shape[0]), []).append(r)
+        for group in groups.values():
+            params = [r.next_params() for r in group]
+            if len(group) == 1 or step_group is None:
+                out = [_forward_backward(model, r, p, settings) for r, p in zip(group, params)]
+            else:
+                out = step_group(model, group, params, settings)
             with torch.no_grad():
-                if adam.params:
-                    torch._foreach_add_([leaves[i] for i in sgd], [grads[i] for i in sgd], alpha=-lr)
-                    adam.step([g for i, g in enumerate(grads) if i not in sgd_set])
-                else:
-                    torch._foreach_add_(leaves, grads, alpha=-lr)
-                loss_sum += loss.detach()
-    return problem, float(loss_sum) / max(step, 1)
+                # one foreach call for the SGD leaves of the whole group (elementwise: the same values as
+                # per client), then each client's Adam
+                sgd_leaves = [t for r in group for t in r.sgd_leaves]
+                sgd_grads = [g[i] for r, (g, _) in zip(group, out) for i in r.sgd]
+                if sgd_leaves:
+                    torch._foreach_add_(sgd_leaves, sgd_grads, alpha=-lr)
+                for r, (grads, _) in zip(group, out):
+                    if r.adam.params:
+                        r.adam.step([grads[i] for i in r.adam_idx])
+                # the float64 loss sums (a float32 loss is widened exactly, as by `+=`)
+                torch._foreach_add_([r.loss_sum for r in group], [loss.detach() for _, loss in out])
+            for r in group:
+                r.advance()
+
+
+def _forward_backward(model: nn.Module, run: ClientRun, params: dict[str, torch.Tensor], settings: LocalTraining):
+    """One client's forward (train mode: BN statistics update `run.problem.buffers` in place) and gradients."""
+    xb, yb = run.batch()
+    logits = functional_call(model, {**params, **run.problem.buffers}, (settings.transform(xb),))
+    loss = F.cross_entropy(logits, yb)
+    return torch.autograd.grad(loss, run.leaves), loss
 
 
 class _Adam:
