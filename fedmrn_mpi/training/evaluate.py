@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+
+from ..models import forward
 
 #: test images per forward pass when the config says 0: activations of 100 CNN4 images stay in a CPU core's
 #: cache (1,000 ran at 1,935 images/s on one core against 3,625 at 100); GPUs want larger batches
@@ -40,7 +41,7 @@ def evaluate_blocks(model: nn.Module, state: dict[str, torch.Tensor], x: torch.T
     correct = torch.zeros(n, dtype=torch.int64, device=x.device)
     for b in range(n):
         sl = slice(b * block_size, (b + 1) * block_size)
-        logits = functional_call(model, state, (transform(x[sl]),))
+        logits = forward(model, state, transform(x[sl]))
         yb = y[sl]
         loss[b] = F.cross_entropy(logits, yb, reduction="sum").double()
         correct[b] = (logits.argmax(1) == yb).sum()

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..algorithms import Algorithm, ClientContext
+from ..models import forward
 from ..rng.seeds import derive_seed, torch_generator
 
 
@@ -188,7 +188,7 @@ def train_steps(model: nn.Module, runs: list[ClientRun], settings: LocalTraining
 def _forward_backward(model: nn.Module, run: ClientRun, params: dict[str, torch.Tensor], settings: LocalTraining):
     """One client's forward (train mode: BN statistics update `run.problem.buffers` in place) and gradients."""
     xb, yb = run.batch()
-    logits = functional_call(model, {**params, **run.problem.buffers}, (settings.transform(xb),))
+    logits = forward(model, {**params, **run.problem.buffers}, settings.transform(xb))
     loss = F.cross_entropy(logits, yb)
     return torch.autograd.grad(loss, run.leaves), loss
 
