@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_NO_PLOTS = 1  # -o asked for plots and matplotlib is missing (the tables were printed)
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib can be imported (the optional `report` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _accuracy(text: str) -> float:
     value = float(text.rstrip("%")) / (100 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1)
     if not 0 < value <= 1:
@@ -59,6 +71,11 @@ def main_report(argv: Sequence[str]) -> int:
     print()
     print(partition_table(runs))
     if out_dir is not None:
+        if not plotting_available():
+            # the tables above are the report; only the plots that -o asked for are missing
+            print(f"fedmrn-mpi report: no plots written to {out_dir}: plots need matplotlib, the `report` extra "
+                  f"(pip install 'fedmrn_mpi[report]', or pip install matplotlib)", file=sys.stderr)
+            return EXIT_NO_PLOTS
         written = write_plots(runs, out_dir)
         print()
         print(f"wrote {len(written)} plot(s):")
