@@ -24,15 +24,13 @@ import argparse
 import json
 import os
 import pickle
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from launch import fedmrn
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"fashion_mnist": "fmnist_cnn4", "svhn": "svhn_cnn4", "cifar10": "cifar10_cnn8", "cifar100": "cifar100_cnn8"}
@@ -70,30 +68,6 @@ def write_sized_files(name: str, root: Path) -> Path:
             savemat(root / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), np.uint8),
                                                   "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
     return root
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    return env
-
-
-def _mpirun() -> str:
-    cand = Path(sys.executable).with_name("mpirun")
-    return str(cand) if cand.exists() else (shutil.which("mpirun") or "mpirun")
-
-
-def fedmrn(args: list[str], ranks: int | None, cwd: Path) -> float:
-    cmd = [sys.executable, "-m", "fedmrn_mpi", *args]
-    if ranks:
-        cmd = [_mpirun(), "-n", str(ranks), *cmd]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-3000:]}")
-    return wall
 
 
 def _config(name: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedmrn_mpi.config import load_config  # noqa: E402
+from launch import fedmrn  # noqa: E402
 from fedmrn_mpi.run.evaluation import Shard  # noqa: E402
 from fedmrn_mpi.run.setup import prepare  # noqa: E402
 from fedmrn_mpi.training import sample_clients, train_client  # noqa: E402
@@ -65,18 +65,10 @@ def measure_floor(config: str, overrides: list[str], rounds: int) -> dict:
 
 
 def run_job(config: str, overrides: list[str], ranks: int, rounds: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    mpirun = Path(sys.executable).with_name("mpirun")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.h5"
-        cmd = [str(mpirun), "-n", str(ranks), sys.executable, "-m", "fedmrn_mpi", "run", "-c", config, "-o",
-               str(out), *overrides, f"rounds={rounds}", "checkpoint_every=0"]
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
-        total = time.perf_counter() - t0
-        if res.returncode != 0:
-            raise SystemExit(f"the run failed:\n{res.stderr[-3000:]}")
+        total = fedmrn(["run", "-c", config, "-o", str(out), *overrides, f"rounds={rounds}", "checkpoint_every=0"],
+                       ranks, Path(tmp))
         with h5py.File(out, "r") as f:
             wall = f["rounds/wall_seconds"][:]
             phases = dict(zip(f["rounds/phase_seconds"].attrs["phases"], f["rounds/phase_seconds"][1:].mean(0)))
@@ -97,6 +89,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "floor.json"))
     ap.add_argument("overrides", nargs="*", help="config overrides for both parts")
     args = ap.parse_args()
+    args.config = str(Path(args.config).resolve())  # the runs start in a temporary directory
     floor = measure_floor(args.config, args.overrides, args.floor_rounds)
     floor_s = (floor["train_s"] + floor["evaluate_s"]) / args.cores
     run = run_job(args.config, args.overrides, args.ranks, args.rounds)

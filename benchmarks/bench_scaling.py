@@ -15,29 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
+
+from launch import fedmrn
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_run(config: str, ranks: int, rounds: int, clients: int, overrides: list[str], work: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     out = work / f"n{ranks}-k{clients}.h5"
-    cmd = [str(Path(sys.executable).with_name("mpirun")), "-n", str(ranks), sys.executable, "-m", "fedmrn_mpi",
-           "run", "-c", config, "-o", str(out), f"rounds={rounds}", "eval_every=1", "checkpoint_every=0",
-           f"clients_per_round={clients}", "device=cpu", *overrides]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=work)
-    total = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    total = fedmrn(["run", "-c", config, "-o", str(out), f"rounds={rounds}", "eval_every=1", "checkpoint_every=0",
+                    f"clients_per_round={clients}", "device=cpu", *overrides], ranks, work)
     with h5py.File(out, "r") as f:
         wall = f["rounds/wall_seconds"][1:]
         ph = f["rounds/phase_seconds"]
@@ -74,6 +65,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    args.config = str(Path(args.config).resolve())  # the runs start in a temporary directory
     ranks = [int(p) for p in args.ranks.split(",")]
     out: dict = {"config": args.config, "overrides": args.overrides, "cores": len(os.sched_getaffinity(0))}
     with tempfile.TemporaryDirectory(prefix="fedmrn-scaling-") as tmp:
