@@ -1,6 +1,7 @@
 """What the peer programs share: the task file, FashionMNIST, CNN4, local SGD and evaluation.
 
-Needs only torch and numpy (it runs inside each peer's own virtual environment, without fedmrn_mpi).
+Needs only torch and numpy: it runs inside each peer's own virtual environment, where fedmrn_mpi is not
+installed; the model comes from this checkout's `fedmrn_mpi/models.py` (which imports only torch).
 `benchmarks/compare_peers.py` writes the task file (JSON) from `benchmarks/peer_task.yaml`: the training
 settings, fedmrn_mpi's IID partition of the 60k training images (an .npz file beside it) and the seed
 of fedmrn_mpi's initial model, so every side starts from the same weights and trains the same clients' data.
@@ -12,12 +13,16 @@ import gzip
 import json
 import os
 import struct
+import sys
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from fedmrn_mpi.models import CNN4 as _CNN4, build_model  # noqa: E402
 
 
 def load_task(path: str) -> dict:
@@ -53,34 +58,16 @@ def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
 
 
-class CNN4(nn.Module):
-    """fedmrn_mpi.models.CNN4: four conv3x3(no bias)-BN-ReLU-maxpool2 blocks (32, 64, 128, 256 channels) and a
-    bias-free Linear; the same module names, so the state dicts match key for key."""
+class CNN4(_CNN4):
+    """fedmrn_mpi's CNN4 itself (so the architecture cannot drift apart), for FashionMNIST by default."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin, size = in_channels, image_size
-        for cout in (32, 64, 128, 256):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            cin, size = cout, size // 2
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        super().__init__(in_channels, image_size, num_classes)
 
 
-def build_cnn4(seed: int) -> CNN4:
-    """CNN4 with fedmrn_mpi's init: conv/linear weights ~ N(0, 0.01^2) drawn in module order from `seed`."""
-    model = CNN4()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.normal_(0.0, 0.01, generator=gen)
-    return model
+def build_cnn4(seed: int) -> nn.Module:
+    """CNN4 with fedmrn_mpi's init (`fedmrn_mpi.models.build_model`, the same seed as our side)."""
+    return build_model("cnn4", 1, 28, 10, seed)
 
 
 def float_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
