@@ -20,8 +20,9 @@ setup(
     install_requires=["torch>=2.1", "numpy>=1.24", "mpi4py>=3.1", "h5py>=3.8", "pyyaml>=6"],
     extras_require={
         "mpich": ["mpich"],          # an MPI library + mpirun from PyPI, for machines without a site MPI
-        # scipy: the SVHN reader tests; triton: its interpreter runs the CUDA kernels on the CPU, bit for bit
-        "test": ["pytest>=7", "scipy", "triton"],
+        # scipy: the SVHN reader tests; triton: its interpreter runs the CUDA kernels on the CPU, bit for bit;
+        # hypothesis: the fuzzing tests (configs, overrides, message bytes, damaged files)
+        "test": ["pytest>=7", "scipy", "triton", "hypothesis>=6"],
         "svhn": ["scipy"],           # SVHN ships MATLAB .mat files
         "report": ["matplotlib"],
     },

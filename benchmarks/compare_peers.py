@@ -114,14 +114,25 @@ def our_init_checksum(task: dict) -> float:
 # environments
 
 
+class PeerMissing(RuntimeError):
+    """A peer that is not installed and cannot be installed here (or whose environment is broken); the message
+    is one line naming the peer and how to install it."""
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "error" in ln.lower()]
+    return (errs or lines or ["no output"])[-1]
+
+
 def torch_pin() -> str:
     return md.version("torch").split("+")[0]
 
 
 def ensure_env(name: str, version: str, requirements: list[str], imports: list[str], reinstall: bool,
                work: Path) -> tuple[Path, dict]:
-    """The peer's virtual environment (created on first use) and its package versions; raises RuntimeError with
-    the end of pip's output when it cannot be installed."""
+    """The peer's virtual environment (created on first use) and its package versions; raises PeerMissing (one
+    line: the peer, pip's last error, how to install it) when it cannot be installed or its imports fail."""
     env = CACHE / f"{name}-{version}"
     marker = env / "fedmrn_bench_installed.json"
     if reinstall and env.exists():
@@ -132,6 +143,8 @@ def ensure_env(name: str, version: str, requirements: list[str], imports: list[s
         shutil.rmtree(env)
     CACHE.mkdir(parents=True, exist_ok=True)
     install_log = work / f"{name}-install.log"
+    how = (f"install it with `{sys.executable} {Path(__file__).resolve()} --sides {name}` where pip can reach PyPI "
+           f"(it installs {' '.join(requirements)} torch=={torch_pin()} into {env}), or leave it out of --sides")
     log(f"installing {name} {version} into {env} (once; log {install_log})")
     with open(install_log, "w") as out:
         steps = [[sys.executable, "-m", "venv", str(env)],
@@ -141,14 +154,17 @@ def ensure_env(name: str, version: str, requirements: list[str], imports: list[s
             out.flush()
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 shutil.rmtree(env, ignore_errors=True)
-                raise RuntimeError(f"install failed: {' '.join(cmd)}\n{tail(install_log)}")
+                raise PeerMissing(f"{name} {version} is not installed and pip could not install it "
+                                  f"({_last_error(tail(install_log))}; log {install_log}); {how}")
     probe = ("import importlib, importlib.metadata as m, json, sys\n"
              f"for mod in {imports!r}: importlib.import_module(mod)\n"
              "print(json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))")
     res = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     if res.returncode != 0:
-        raise RuntimeError(f"installed, but the imports fail:\n{res.stderr[-3000:]}")
+        shutil.rmtree(env, ignore_errors=True)
+        raise PeerMissing(f"{name} {version} was installed into {env} but does not import "
+                          f"({_last_error(res.stderr)}); {how}")
     versions = json.loads(res.stdout.strip().splitlines()[-1])
     marker.write_text(json.dumps(versions, indent=1, sort_keys=True))
     return env, versions
@@ -275,7 +291,7 @@ def table(sides: dict) -> str:
     lines = []
     for name, s in sides.items():
         if s["status"] != "ok":
-            lines.append([name, s.get("version", "-"), "FAILED (below)", "-", "-", "-", "-", "-"])
+            lines.append([name, s.get("version", "-"), s["status"].upper() + " (below)", "-", "-", "-", "-", "-"])
             continue
         lines.append([name, s.get("version", "-"), s["processes_short"], fmt(s["s_per_round_mean"], ".2f"),
                       fmt(s["total_wall_s"], ".1f"), fmt(s["final_accuracy"], ".4f"),
@@ -333,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                 rec = side_flower(args, work)
             else:
                 rec = side_pfl(args, work)
+        except PeerMissing as exc:  # reported in one line; the other sides still run
+            sides[name] = {"status": "missing", "reason": str(exc)}
+            log(f"{name} missing (how to install it: at the end); going on with the other sides")
+            continue
         except Exception as exc:  # noqa: BLE001 - a failed side is reported, the others still run
             sides[name] = {"status": "failed", "reason": str(exc)}
             log(f"{name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
@@ -375,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=1, default=str))
     print(table(sides))
     for name, s in sides.items():
-        if s["status"] != "ok":
+        if s["status"] == "missing":
+            print(f"\n{name} missing: {s['reason']}")
+        elif s["status"] != "ok":
             print(f"\n{name} failed:\n{s['reason']}")
         elif s.get("exit_note"):
             print(f"\n{name}: {s['exit_note']}")

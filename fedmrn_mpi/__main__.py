@@ -67,20 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
 
+    from .algorithms.aggregate import BadUpdateError
     from .comm import Transport
     from .data.readers import DatasetError
     from .run import CURRENT_ROUND, run
     from .run.checkpoint import CheckpointError
+    from .results.errors import WriteError
+    from .run.watchdog import EXIT_ROUND_TIMEOUT, RoundTimeout
+    from .rng.noise import KernelsUnavailable
 
     transport = Transport()
 
     def fail(etype, value, tb) -> None:
         # a user's mistake (missing file, unusable checkpoint) needs no traceback; anything else does
-        brief = isinstance(value, (CheckpointError, DatasetError))
+        brief = isinstance(value, (CheckpointError, DatasetError, BadUpdateError, RoundTimeout, WriteError,
+                                   KernelsUnavailable))
         text = "" if brief else "".join(traceback.format_exception(etype, value, tb))
         where = f"in round {CURRENT_ROUND[0]}" if CURRENT_ROUND[0] else "during set-up"
         sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed {where}: {value}\n{text}")
-        transport.abort(1)
+        transport.abort(EXIT_ROUND_TIMEOUT if isinstance(value, RoundTimeout) else 1)
 
     sys.excepthook = fail
     try:

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import re
+import reprlib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import yaml
 
 __all__ = [
     "DEFAULT_SIGMA",
+    "BAD_UPDATES",
     "DEVICES",
     "DOWNLINKS",
     "MASKS",
@@ -55,6 +57,7 @@ TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic", "post")
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+BAD_UPDATES: tuple[str, ...] = ("abort", "skip")
 
 # docs/design.md#the-method: one absolute sigma for all layers, depending on the mask kind.
 DEFAULT_SIGMA: dict[str, float] = {"binary": 0.01, "signed": 0.005}
@@ -221,6 +224,12 @@ class Config:
                                 ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)
     sync_every: int = _opt(10, "downlink=masks: compare model digests across ranks every N rounds", ge=1)
+    on_bad_update: str = _opt("abort", "a client's loss or update not finite (NaN/inf): end the job naming rank, "
+                              "client and round, or skip that client for the round", choices=BAD_UPDATES)
+    round_timeout: float | None = _opt(None, "seconds a round may last before rank 0 names the ranks that have "
+                                       "not reported, keeps what it has and ends the job (exit 124); null = auto "
+                                       "(10x the slowest round so far, at least 300 s; 1800 s for the first 3 "
+                                       "rounds), 0 = off", ge=0)
     algorithm: AlgorithmConfig = _section(AlgorithmConfig, "what clients send and how the server aggregates")
     data: DataConfig = _section(DataConfig, "dataset and its split over clients")
     model: ModelConfig = _section(ModelConfig, "network architecture")
@@ -279,6 +288,23 @@ class _Loader(yaml.SafeLoader):
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
 
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # a config is two levels deep; refuse absurd nesting early (PyYAML would recurse until RecursionError,
+        # which takes seconds)
+        self._depth += 1
+        try:
+            if self._depth > _MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_MAX_YAML_DEPTH = 50
+
 
 class _Dumper(yaml.SafeDumper):
     """SafeDumper that knows `_Loader`'s extra float rule, so it quotes a string such as "1e-3"."""
@@ -294,7 +320,21 @@ del _cls
 
 
 def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """Parse YAML; every failure is a yaml.YAMLError (PyYAML itself lets a few others through)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # a date such as 2001-13-45; an integer past Python's digit limit
+        raise yaml.YAMLError(f"cannot read a value: {e}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: `` at line L, column C: what`` (or ``: what``)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = ": ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p)
+    return (" " if where else "") + " ".join(f"{where}: {problem or e}".split())
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -319,8 +359,21 @@ class _Ctx:
         return ConfigError(f"{src}: {key}: {problem}", key=key, source=src)
 
 
+# values in messages: bounded (a YAML value can be a huge or self-referencing structure)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, 200, 200, 200
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 600:
+        return f"<an integer of {value.bit_length()} bits>"  # repr() refuses past 4300 digits
+    return _REPR.repr(value)
+
+
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+    return _value_text(value) if isinstance(value, str) else f"{_value_text(value)} ({type(value).__name__})"
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> list[str]:
@@ -338,12 +391,12 @@ def _unknown_key(ctx: _Ctx, cls: type, prefix: str, key: Any, source: str | None
     hint = f" (did you mean {' or '.join(repr(h) for h in hits)}?)" if hits else ""
     level = f" under '{prefix[:-1]}'" if prefix else ""
     src = source or ctx.source(dotted)
-    return ConfigError(f"{src}: unknown key '{dotted}'{hint}; valid keys{level}: {', '.join(valid)}",
+    return ConfigError(f"{src}: unknown key {dotted!r}{hint}; valid keys{level}: {', '.join(valid)}",
                        key=dotted, source=src)
 
 
 def _bound_text(x: float) -> str:
-    return "2**63" if x == 2**63 else repr(x)
+    return {2**63: "2**63", -2**63: "-2**63"}.get(x, repr(x)) if isinstance(x, int) else repr(x)
 
 
 def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
@@ -366,7 +419,10 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ctx.error(key, f"expected a number{null_txt}, got {_show(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise ctx.error(key, f"{_value_text(value)} is out of range; expected a finite number") from None
         if not math.isfinite(value):
             raise ctx.error(key, f"expected a finite number, got {value!r}")
     elif base is str:
@@ -383,11 +439,14 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ctx.error(key, f"{value!r} is not allowed; allowed: {', '.join(choices)}{hint}")
     ge, gt, lt = meta.get("ge"), meta.get("gt"), meta.get("lt")
+    if base is int:  # every integer must fit the int64 datasets and attributes it ends up in
+        lt = 2**63 if lt is None else lt
+        ge = -2**63 if ge is None and gt is None else ge
     bad = (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt)
     if bad:
-        parts = [f">= {ge!r}" if ge is not None else "", f"> {gt!r}" if gt is not None else "",
+        parts = [f">= {_bound_text(ge)}" if ge is not None else "", f"> {gt!r}" if gt is not None else "",
                  f"< {_bound_text(lt)}" if lt is not None else ""]
-        raise ctx.error(key, f"{value!r} is out of range; allowed: {' and '.join(p for p in parts if p)}")
+        raise ctx.error(key, f"{_value_text(value)} is out of range; allowed: {' and '.join(p for p in parts if p)}")
     return value
 
 
@@ -482,15 +541,16 @@ def _validate(ctx: _Ctx, data: Any) -> Config:
 
 def _record_sources(ctx: _Ctx, key: str, value: Any, source: str) -> None:
     ctx.sources[key] = source
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and key.count(".") < 2:  # the schema is two levels deep (a value may recurse)
         for k, v in value.items():
             _record_sources(ctx, f"{key}.{k}", v, source)
 
 
-def _deep_merge(base: Mapping[Any, Any], new: Mapping[Any, Any]) -> dict[Any, Any]:
+def _deep_merge(base: Mapping[Any, Any], new: Mapping[Any, Any], depth: int = 0) -> dict[Any, Any]:
     out = dict(base)
-    for k, v in new.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    for k, v in new.items():  # no deeper than the schema: a YAML value may be a self-referencing mapping
+        deeper = depth < 2 and isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = _deep_merge(out[k], v, depth + 1) if deeper else v
     return out
 
 
@@ -524,7 +584,8 @@ def _apply_override(ctx: _Ctx, raw: dict[Any, Any], text: str) -> None:
         value = _yaml_load(rhs) if rhs.strip() else None
     except yaml.YAMLError as e:
         if _split_optional(tp)[0] is not str:
-            raise ConfigError(f"{source}: {key}: cannot parse value {rhs!r}: {e}", key=key, source=source) from None
+            raise ConfigError(f"{source}: {key}: cannot parse value {rhs!r}{_yaml_problem(e)}", key=key,
+                              source=source) from None
         value = rhs.strip()
     if _split_optional(tp)[0] is str and value is not None and not isinstance(value, str):
         # "run_name=001" should stay "001", not become the int 1.
@@ -579,15 +640,14 @@ def load_config(
                 text = fh.read()
         except FileNotFoundError:
             raise ConfigError(f"{source}: config file not found", source=source) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})", source=source) from None
         except OSError as e:
             raise ConfigError(f"{source}: cannot read config file: {e.strerror or e}", source=source) from None
         try:
             raw = _yaml_load(text)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = ": ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p)
-            raise ConfigError(f"{source}: invalid YAML{where}: {problem or e}", source=source) from None
+            raise ConfigError(f"{source}: invalid YAML{_yaml_problem(e)}", source=source) from None
         if raw is None:  # an empty file means "all defaults"
             raw = {}
         if not isinstance(raw, Mapping):

@@ -3,7 +3,7 @@
 The config accepts exactly the names in REGISTRY: an algorithm becomes selectable by being registered here.
 """
 
-from .aggregate import aggregate
+from .aggregate import BadUpdateError, aggregate, aggregate_round
 from .base import Algorithm, ClientContext, LocalProblem, Update
 from .eden import EDEN
 from .fedavg import FedAvg
@@ -24,5 +24,5 @@ def make_algorithm(cfg, spec: ModelSpec) -> Algorithm:
     return REGISTRY[cfg.algorithm.name](cfg, spec)
 
 
-__all__ = ["Algorithm", "ClientContext", "LocalProblem", "ModelSpec", "REGISTRY", "Update", "aggregate",
-           "make_algorithm", "model_spec"]
+__all__ = ["Algorithm", "BadUpdateError", "ClientContext", "LocalProblem", "ModelSpec", "REGISTRY", "Update",
+           "aggregate", "aggregate_round", "make_algorithm", "model_spec"]

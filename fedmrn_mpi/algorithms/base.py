@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # the config layer sits above the algorithms (it takes their 
     from ..config import Config
 
 
+class NonFiniteUpdate(ValueError):
+    """Raised by `decode` for a well-formed upload carrying NaN/inf values (a diverged client, not a corrupt
+    message): `aggregate` applies the run's `on_bad_update` policy to it."""
+
+
 @dataclass
 class ClientContext:
     """Everything one client needs for one round; all seeds derive from the root seed (see rng/seeds.py)."""

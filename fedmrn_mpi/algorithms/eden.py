@@ -59,7 +59,7 @@ import torch
 
 from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
 from ..rng.noise import make_stream
-from .base import ClientContext
+from .base import ClientContext, NonFiniteUpdate
 from .compress import DeltaCompression
 from .hadamard import inverse_randomized_hadamard, randomized_hadamard
 
@@ -103,8 +103,7 @@ def eden_encode(x: torch.Tensor, index: int, seed: int) -> tuple[np.ndarray, tor
         sq, l1 = torch.stack([y64.square().sum(), y64.abs().sum()]).tolist()  # one device sync
         scale = sq / l1 if l1 > 0 else 0.0  # l1 = 0: all-zero block, decoded as zeros
         if not (math.isfinite(sq) and math.isfinite(l1) and math.isfinite(float(np.float32(scale)))):
-            raise ValueError(f"EDEN: masked tensor {index}, block {b}: the update is not finite "
-                             f"(scale {scale}); local training diverged")
+            scale = math.nan  # a diverged update: sent as is, the server's on_bad_update policy decides
         scales[b] = scale
         bits.append(y[0] >= 0)
     return scales, torch.cat(bits) if bits else torch.zeros(0, dtype=torch.bool, device=flat.device)
@@ -148,7 +147,10 @@ class EDEN(DeltaCompression):
             raise ValueError(f"EDEN code of masked tensor {index} is {code.nbytes} bytes, "
                              f"expected {self.tensor_nbytes(index, numel)}")
         scales = np.frombuffer(code[: 4 * k].tobytes(), dtype="<f4")
-        bad = ~(np.isfinite(scales) & (scales >= 0))
+        if not np.isfinite(scales).all():
+            b = int(np.argmax(~np.isfinite(scales)))
+            raise NonFiniteUpdate(f"EDEN masked tensor {index}, block {b}: scale {scales[b]} is not finite")
+        bad = scales < 0
         if bad.any():
             b = int(np.argmax(bad))
             raise ValueError(f"EDEN masked tensor {index}, block {b}: scale {scales[b]} is not a finite number >= 0")

@@ -53,7 +53,7 @@ import torch
 
 from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
 from ..rng.noise import make_stream, uniform01
-from .base import Algorithm, ClientContext, LocalProblem, Update
+from .base import Algorithm, ClientContext, LocalProblem, NonFiniteUpdate, Update
 
 # Stream purposes: per-step binarisation draw (purpose, j, step), final upload draw (purpose, j).
 _STEP, _FINAL = 0, 1
@@ -215,7 +215,10 @@ class FedBAT(Algorithm):
             raise ValueError("FedBAT payload has non-zero padding bits after the last mask bit")
         k = len(self.spec.masked)
         alphas = arr[nb: nb + 4 * k].copy().view("<f4")
-        bad = ~(np.isfinite(alphas) & (alphas >= _ALPHA_MIN32) & (alphas <= _ALPHA_MAX32))
+        if not np.isfinite(alphas).all():
+            j = int(np.flatnonzero(~np.isfinite(alphas))[0])
+            raise NonFiniteUpdate(f"FedBAT scale of {self.spec.masked[j]} is {float(alphas[j])!r}")
+        bad = ~((alphas >= _ALPHA_MIN32) & (alphas <= _ALPHA_MAX32))
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             raise ValueError(f"FedBAT scale of {self.spec.masked[j]} is {float(alphas[j])!r}, outside "

@@ -268,6 +268,11 @@ class FusedMaskSum:
     def weight(self, a: float) -> None:
         self.weights.append(float(a))
 
+    def drop(self) -> None:
+        """Leave out the client decoded last (its upload was not finite and is skipped)."""
+        self.rows.pop()
+        self.seeds.pop()
+
     def sums(self) -> dict[str, torch.Tensor]:
         if len(self.weights) != len(self.rows):
             raise RuntimeError(f"{len(self.rows)} payloads but {len(self.weights)} weights")

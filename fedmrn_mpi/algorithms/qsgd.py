@@ -30,7 +30,7 @@ import torch
 
 from ..rng.bits import check_padding, pack_planes, packed_nbytes, unpack_planes
 from ..rng.noise import make_stream, uniform01
-from .base import ClientContext
+from .base import ClientContext, NonFiniteUpdate
 from .compress import DeltaCompression
 
 # Stream purposes of this algorithm (one stream per purpose and masked-tensor index).
@@ -101,7 +101,9 @@ class QSGD(DeltaCompression):
         if code.size != nb + 4:
             raise ValueError(f"qsgd code of {name} is {code.size} bytes, expected {nb + 4}")
         norm = float(code[nb: nb + 4].copy().view("<f4")[0])
-        if not (np.isfinite(norm) and norm >= 0):
+        if not np.isfinite(norm):
+            raise NonFiniteUpdate(f"qsgd norm of {name} is {norm}")
+        if not norm >= 0:
             raise ValueError(f"qsgd norm of {name} is {norm}, expected a finite value >= 0")
         check_padding(code[:nb], b * d, f"qsgd codes of {name}")
         word = unpack_planes(torch.from_numpy(code[:nb].copy()).to(device), d, b)

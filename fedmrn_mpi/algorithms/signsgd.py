@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..rng.bits import check_padding, pack_bits, packed_nbytes, unpack_bits
-from .base import ClientContext
+from .base import ClientContext, NonFiniteUpdate
 from .compress import DeltaCompression
 
 
@@ -62,7 +62,9 @@ class SignSGD(DeltaCompression):
         if code.size != nb + 4:
             raise ValueError(f"signsgd code of {name} is {code.size} bytes, expected {nb + 4}")
         alpha = float(code[nb: nb + 4].copy().view("<f4")[0])
-        if not (np.isfinite(alpha) and alpha >= 0):
+        if not np.isfinite(alpha):
+            raise NonFiniteUpdate(f"signsgd scale of {name} is {alpha}")
+        if not alpha >= 0:
             raise ValueError(f"signsgd scale of {name} is {alpha}, expected a finite value >= 0")
         check_padding(code[:nb], d, f"signsgd bits of {name}")
         bits = unpack_bits(torch.from_numpy(code[:nb].copy()).to(device), d)

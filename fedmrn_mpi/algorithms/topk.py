@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..rng.bits import check_padding, pack_bits, pack_planes, packed_nbytes, unpack_bits, unpack_planes
-from .base import ClientContext
+from .base import ClientContext, NonFiniteUpdate
 from .compress import DeltaCompression
 
 
@@ -132,5 +132,5 @@ class TopK(DeltaCompression):
                 raise ValueError(f"topk index {int(idx[-1])} of {name} is out of range for {d} entries")
         values = torch.from_numpy(code[nb:].copy().view("<f4")).to(device)
         if not bool(torch.isfinite(values).all()):
-            raise ValueError(f"topk values of {name} are not all finite")
+            raise NonFiniteUpdate(f"topk values of {name} are not all finite")
         return torch.zeros(d, dtype=torch.float32, device=device).index_copy_(0, idx, values).reshape(shape)

@@ -34,6 +34,7 @@ POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
 ABORT_GRACE_SECONDS = 1.0
 TAG_URGENT = 7707  # point-to-point note from a client rank to rank 0, outside every collective
+TAG_PROGRESS = 7708  # a client rank's progress note (int64 values) to rank 0, outside every collective
 # uplink/downlink: the federated traffic; control: the protocol's own; state: per-client algorithm state that a
 # simulation moves to whichever rank trains the client (real clients would keep it at home)
 CHANNELS = ("uplink", "downlink", "control", "state")
@@ -53,6 +54,21 @@ class Traffic:
     def snapshot(self) -> np.ndarray:
         """[sent per channel..., received per channel...] as int64 (subtract two snapshots for a period)."""
         return np.array([self.sent[c] for c in CHANNELS] + [self.received[c] for c in CHANNELS], dtype=np.int64)
+
+
+class TransportError(ValueError):
+    """A size announced by another rank exceeds what the caller allows: nothing that large is allocated."""
+
+
+def _check_limits(counts: np.ndarray, limit: "np.ndarray | int | None", channel: str) -> None:
+    if limit is None:
+        return
+    over = np.flatnonzero(counts > np.broadcast_to(np.asarray(limit, dtype=np.int64), counts.shape))
+    if over.size:
+        r = int(over[0])
+        raise TransportError(f"rank {r} announced {int(counts[r])} bytes on the {channel} channel, more than the "
+                             f"{int(np.broadcast_to(limit, counts.shape)[r])} its share can hold: refused "
+                             f"before allocating")
 
 
 @dataclass
@@ -121,6 +137,27 @@ class Transport:
         self.comm.Recv(note, source=MPI.ANY_SOURCE, tag=TAG_URGENT)
         return int(note[0])
 
+    def note_progress(self, values: np.ndarray) -> None:
+        """Send rank 0 a small int64 progress note (seen by `progress_notes`); never waits."""
+        if self.size == 1 or self.is_server:
+            return
+        pending = [(buf, req) for buf, req in getattr(self, "_progress", []) if not req.Test()]
+        buf = np.ascontiguousarray(values, dtype=np.int64)
+        self._progress = pending + [(buf, self.comm.Isend(buf, dest=0, tag=TAG_PROGRESS))]
+
+    def progress_notes(self, width: int = 2) -> list[tuple[int, np.ndarray]]:
+        """Rank 0: every pending progress note of `width` int64 values, as (sender rank, values), in arrival
+        order (the notes are consumed)."""
+        out: list[tuple[int, np.ndarray]] = []
+        if self.size == 1 or not self.is_server:
+            return out
+        status = MPI.Status()
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_PROGRESS, status=status):
+            note = np.empty(width, dtype=np.int64)
+            self.comm.Recv(note, source=status.Get_source(), tag=TAG_PROGRESS)
+            out.append((status.Get_source(), note))
+        return out
+
     def sync(self) -> float:
         """Wait until every rank arrives (a nonblocking barrier): the time spent here is the caller's idle
         time, so the collective after it measures transfer only. Returns the seconds waited."""
@@ -157,12 +194,15 @@ class Transport:
             self._wait(self.comm.Ibcast([flat[lo: lo + step], MPI.BYTE], root=0))
         self._count_bcast(channel, arr.nbytes)
 
-    def bcast_bytes(self, data: np.ndarray | None, channel: str) -> np.ndarray:
-        """Broadcast a uint8 buffer whose size only rank 0 knows; every rank returns its copy."""
+    def bcast_bytes(self, data: np.ndarray | None, channel: str, limit: int | None = None) -> np.ndarray:
+        """Broadcast a uint8 buffer whose size only rank 0 knows; every rank returns its copy. `limit`: the
+        most bytes a receiving rank accepts (TransportError beyond it, before allocating)."""
         if self.size == 1:
             return data
         n = np.array([data.nbytes if self.is_server else 0], dtype=np.int64)
         self.bcast(n, channel)
+        if not self.is_server:
+            _check_limits(n, limit, channel)
         buf = data if self.is_server else np.empty(int(n[0]), dtype=np.uint8)
         self.bcast(buf, channel)
         return buf
@@ -190,14 +230,17 @@ class Transport:
         self.traffic.add(channel, sent=row.nbytes * (self.size - 1), received=row.nbytes * (self.size - 1))
         return table
 
-    def gather(self, data: np.ndarray, channel: str) -> Gathered | None:
+    def gather(self, data: np.ndarray, channel: str, limit: "np.ndarray | int | None" = None) -> Gathered | None:
         """Gather every rank's uint8 bytes to rank 0 (sizes on the control channel, then Gatherv in chunks);
-        None on other ranks."""
+        None on other ranks. `limit` (per rank, or one for all): the most bytes rank 0 accepts from a rank
+        (TransportError beyond it, before allocating)."""
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         if self.size == 1:
             self.traffic.add(channel, sent=data.nbytes, received=data.nbytes)
             return Gathered([memoryview(data)], data, np.array([data.nbytes], dtype=np.int64))
         counts = self.allgather_rows(np.array([data.nbytes], dtype=np.int64), "control").reshape(-1)
+        if self.is_server:  # only rank 0 allocates; the others are ended by its failure
+            _check_limits(counts, limit, channel)
         offsets = np.zeros(self.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         recv = np.empty(int(offsets[-1]), dtype=np.uint8) if self.is_server else None

@@ -73,6 +73,10 @@ class DatasetFileError(DatasetError, FileNotFoundError):
     """A dataset file (or its directory) is missing."""
 
 
+class DatasetDependencyError(DatasetError, ImportError):
+    """Reading this dataset needs an optional package that is not installed (the message says how to get it)."""
+
+
 class DatasetFormatError(DatasetError, ValueError):
     """A dataset file exists but does not hold what its format promises."""
 
@@ -472,7 +476,7 @@ def _load_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         from scipy.io import loadmat  # optional dependency: only SVHN needs it
     except ImportError as e:
-        raise ImportError(
+        raise DatasetDependencyError(
             "reading SVHN .mat files needs scipy: pip install scipy (or install fedmrn_mpi with the "
             "'svhn' extra: pip install 'fedmrn_mpi[svhn]')"
         ) from e

@@ -16,9 +16,11 @@ import yaml
 from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES,
                      PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES, PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS,
                      ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN, WORLD_SIZE)
+from .writer import ROWS_WRITTEN
 
 # the per-round series a Run holds; the writer appends them one after another, so a reader of a live file
-# can briefly see them at different lengths (all are cut to the shortest)
+# can briefly see them at different lengths, and a killed writer leave them so (all are cut to the shortest,
+# and to the rows the writer marked complete: writer.py, `rounds_written`)
 _SERIES = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "wall_seconds",
            "control_bytes")
 
@@ -274,6 +276,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         cub_path = f"{CLIENTS}/uplink_bytes"
         cub = _read(f[cub_path]) if cub_path in f else None
         n = min(len(a) for a in [*series.values(), *(x for x in (ph, cub) if x is not None)])
+        if ROWS_WRITTEN in f.attrs:  # rows complete on disk (a killed or failed write may leave part of one)
+            n = min(n, int(f.attrs[ROWS_WRITTEN]))
         world = _attr_int(f.attrs, WORLD_SIZE)
         if world is None and f"{RANKS}/{PHASE_SECONDS}" in f:
             world = int(f[f"{RANKS}/{PHASE_SECONDS}"].shape[1])

@@ -27,12 +27,14 @@ ROUND_FIELDS: dict[str, type[np.generic]] = {
     "round": np.int64, "test_accuracy": np.float64, "test_loss": np.float64, "train_loss": np.float64,
     "uplink_bytes": np.int64, "downlink_bytes": np.int64, "wall_seconds": np.float64,
     "resync": np.int64, "digest_mismatches": np.int64, "control_bytes": np.int64, "state_bytes": np.int64,
+    "skipped_clients": np.int64,  # uploads dropped by on_bad_update=skip (newer than the others)
 }
 
 # clients/<field>: one value per sampled client per round; the row passed to the writer names them
 # CLIENT_ROW_PREFIX + field
 CLIENT_FIELDS: dict[str, type[np.generic]] = {
     "sampled": np.int64, "rank": np.int64, "uplink_bytes": np.int64, "train_loss": np.float64,
+    "skipped": np.int8,  # 1: the upload was not finite and on_bad_update=skip dropped it (newer field)
 }
 CLIENT_ROW_PREFIX = "clients_"
 

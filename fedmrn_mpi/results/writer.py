@@ -2,20 +2,46 @@
 
 The file is in single-writer/multiple-reader mode while the run goes on, so `h5py.File(path, "r", swmr=True)`
 can watch it. Final-model tensors and `final_model_sha256` are written when the run ends.
+
+A killed writer or a failed write (full disk) leaves a file that still reads back with every complete round:
+- Under its own name the file only ever exists closed, or open in SWMR-write mode. HDF5 keeps a SWMR file
+  consistent for SWMR readers at every flush, also when the writer is SIGKILLed; such a file then refuses a
+  plain or an append open ("file is already open for write", which only h5clear clears), but opens for SWMR
+  reading. So every step that changes the file's structure runs on a temp copy that is renamed over it:
+  creating it, reopening it for --resume, adding the final model; the file is opened directly in SWMR-write mode.
+- Complete rounds: a row goes into the per-round datasets one after another, and HDF5 may write any part of
+  an unflushed row to disk (cache evictions, a flush that fails half-way), so after a kill or a failed write the
+  datasets may differ in length, or one may be longer than its data. The root attribute `rounds_written`
+  (ROWS_WRITTEN) counts complete rows: it is set only after the row's flush returned, then flushed itself.
+  `completed_rows` = min(`rounds_written`, the length of every rounds/ and clients/ dataset); files of older
+  versions lack the attribute and count the shortest of those datasets (ranks/ ones are left out: a row may
+  lack the optional RANK_FIELDS, whose datasets then stay shorter). The reader, `status`, `report` and
+  --resume all use it.
+- `reopen` (--resume) rebuilds the file from the first `rows` rows as a SWMR reader sees them, so the file of a
+  killed writer continues too, and whatever a killed or failed write left after those rows is dropped.
+- A write that fails raises `WriteError` naming the file (one line); the temp file of a failed step is removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import glob
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import h5py
 import numpy as np
 
 from .digest import state_sha256
+from .errors import WriteError, describe_write_failure
 from .schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, CLIENTS, FINAL_MODEL_SHA256, MODEL, NOT_RECORDED,
                      PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANK_PHASE_ROW, RANK_ROW_PREFIX, RANKS,
                      ROUND_FIELDS, ROUNDS, WORLD_SIZE, WORLD_SIZES)
+
+ROWS_WRITTEN = "rounds_written"  # root attribute: rows complete on disk (module docstring); newer than the others
+PER_ROUND_GROUPS = (ROUNDS, CLIENTS, RANKS)  # their datasets with an unlimited first axis get one row per round
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
@@ -36,64 +62,202 @@ def _rank_dataset(g: h5py.Group, name: str, rows: int, world_size: int) -> None:
                      fillvalue=NOT_RECORDED, chunks=(64, world_size))
 
 
+def _client_dataset(g: h5py.Group, name: str, rows: int, clients_per_round: int) -> None:
+    dt = CLIENT_FIELDS[name]
+    fill = np.nan if np.dtype(dt).kind == "f" else NOT_RECORDED
+    g.create_dataset(name, shape=(rows, clients_per_round), maxshape=(None, clients_per_round), dtype=dt,
+                     chunks=(64, clients_per_round), fillvalue=fill)
+
+
+def completed_rows(f: h5py.File) -> int:
+    """Rounds complete in an open results file: the shortest per-round dataset, capped by `rounds_written` where
+    the file has it (module docstring)."""
+    lengths = [ds.shape[0] for group in (ROUNDS, CLIENTS) if isinstance(f.get(group), h5py.Group)
+               for ds in f[group].values() if _per_round(ds)]
+    n = min(lengths, default=0)
+    return min(n, int(f.attrs[ROWS_WRITTEN])) if ROWS_WRITTEN in f.attrs else n
+
+
+def open_for_reading(path: str | os.PathLike[str]) -> h5py.File:
+    """Read-only: in SWMR mode, which also opens the file of a running or killed SWMR writer, else plainly (a
+    file written without libver="latest")."""
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError:
+        return h5py.File(path, "r")
+
+
+def _per_round(obj: Any) -> bool:
+    return isinstance(obj, h5py.Dataset) and bool(obj.maxshape) and obj.maxshape[0] is None
+
+
+def _open_swmr_write(path: str) -> h5py.File:
+    """Open an existing file for appending directly in SWMR-write mode: on disk it is never flagged as open for a
+    plain write (which no reader could open after a kill)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=fapl))
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _build(path: str, what: str, fill: Callable[[h5py.File], None], copy: bool = False) -> None:
+    """Write `path` through a temp file beside it: a new file (or, `copy`, a copy of `path`) is `fill`ed, closed,
+    fsynced and renamed over `path`. A failure removes the temp file and raises WriteError; `path` is untouched."""
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):  # left by a writer killed while building
+        _remove(stale)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        if copy:
+            shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a", libver=None) if copy else h5py.File(tmp, "w", libver="latest") as f:
+            fill(f)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(os.path.dirname(os.path.abspath(path)))
+    except (OSError, RuntimeError) as exc:
+        _remove(tmp)
+        raise WriteError(f"cannot write the results file {path} ({what}): {describe_write_failure(exc)}") from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject, skip: tuple[str, ...] = ()) -> None:
+    for key in src.attrs:
+        if key not in skip:
+            dst.attrs.create(key, src.attrs[key], dtype=src.attrs.get_id(key).dtype)
+
+
+def _copy_rows(src: h5py.Dataset, dst: h5py.Group, name: str, rows: int) -> None:
+    """`src` as `dst/name`, same layout and attributes; a per-round dataset gets exactly `rows` rows: its first
+    ones, then the fill value (NOT_RECORDED) where it had fewer (a row without an optional field)."""
+    per_round = _per_round(src)
+    data = src[:rows] if per_round else src[()]
+    shape = (rows, *data.shape[1:]) if per_round else data.shape
+    out = dst.create_dataset(name, shape=shape, maxshape=src.maxshape, dtype=src.dtype, chunks=src.chunks,
+                             fillvalue=src.fillvalue, compression=src.compression,
+                             compression_opts=src.compression_opts)
+    if per_round and len(data):
+        out[: len(data)] = data
+    elif not per_round and data.size:
+        out[...] = data
+    _copy_attrs(src, out)
+
+
 class ResultsWriter:
-    """Creates the file, appends round rows, and finalises it with the model."""
+    """Creates the file, appends round rows, and finalises it with the model.
+
+    `fault` (tests only, set by the run layer): called as fault(point, round) with point "row" before a row's
+    first write and "mid-row" after the rounds/ datasets got it, before clients/, ranks/ and the flush."""
 
     def __init__(self, path: str, attrs: Mapping[str, Any], clients_per_round: int, world_size: int,
                  static: Mapping[str, np.ndarray] | None = None) -> None:
-        self.path = path
-        self.f = h5py.File(path, "w", libver="latest")
-        _set_attrs(self.f, attrs)
-        for name, arr in (static or {}).items():  # fixed for the run (e.g. the partition)
-            self.f.create_dataset(name, data=arr)
-        g = self.f.create_group(ROUNDS)
-        for name in ROUND_FIELDS:
-            _round_dataset(g, name)
-        ph = g.create_dataset(PHASE_SECONDS, shape=(0, len(PHASES)), maxshape=(None, len(PHASES)),
-                              dtype=np.float64, chunks=(64, len(PHASES)))
-        _set_attrs(ph, {PHASES_ATTR: list(PHASES)})
-        c = self.f.create_group(CLIENTS)
-        for name, dt in CLIENT_FIELDS.items():
-            c.create_dataset(name, shape=(0, clients_per_round), maxshape=(None, clients_per_round),
-                             dtype=dt, chunks=(64, clients_per_round))
-        r = self.f.create_group(RANKS)
-        rp = r.create_dataset(PHASE_SECONDS, shape=(0, world_size, len(PHASES)),
-                              maxshape=(None, None, len(PHASES)), dtype=np.float64, fillvalue=np.nan,
-                              chunks=(16, world_size, len(PHASES)))
-        _set_attrs(rp, {PHASES_ATTR: list(PHASES)})
-        for name in RANK_FIELDS:
-            _rank_dataset(r, name, 0, world_size)
-        self.f.swmr_mode = True
-        self.rows = 0
+        self.path, self.rows = path, 0
+        self.fault: Callable[[str, int], None] | None = None
+
+        def fill(f: h5py.File) -> None:
+            _set_attrs(f, attrs)
+            f.attrs[ROWS_WRITTEN] = np.int64(0)
+            for name, arr in (static or {}).items():  # fixed for the run (e.g. the partition)
+                f.create_dataset(name, data=arr)
+            g = f.create_group(ROUNDS)
+            for name in ROUND_FIELDS:
+                _round_dataset(g, name)
+            ph = g.create_dataset(PHASE_SECONDS, shape=(0, len(PHASES)), maxshape=(None, len(PHASES)),
+                                  dtype=np.float64, chunks=(64, len(PHASES)))
+            _set_attrs(ph, {PHASES_ATTR: list(PHASES)})
+            c = f.create_group(CLIENTS)
+            for name in CLIENT_FIELDS:
+                _client_dataset(c, name, 0, clients_per_round)
+            r = f.create_group(RANKS)
+            rp = r.create_dataset(PHASE_SECONDS, shape=(0, world_size, len(PHASES)),
+                                  maxshape=(None, None, len(PHASES)), dtype=np.float64, fillvalue=np.nan,
+                                  chunks=(16, world_size, len(PHASES)))
+            _set_attrs(rp, {PHASES_ATTR: list(PHASES)})
+            for name in RANK_FIELDS:
+                _rank_dataset(r, name, 0, world_size)
+
+        _build(path, "creating it", fill)
+        self.f = _open_swmr_write(path)
+        self._open: dict[str, h5py.Dataset] = {}
 
     @classmethod
     def reopen(cls, path: str, rows: int, attrs: Mapping[str, Any], world_size: int) -> "ResultsWriter":
-        """Continue an interrupted run's file: keep its first `rows` rounds, drop anything after them."""
+        """Continue an interrupted run's file: keep its first `rows` rounds, drop anything after them (and a
+        finished run's model). The file is rebuilt from what a SWMR reader sees, so that the file of a killed
+        writer (which HDF5 refuses to open for appending) continues too. Raises ValueError if the file holds
+        fewer than `rows` complete rounds."""
+        with open_for_reading(path) as src:
+            have = completed_rows(src)
+            if have < rows:
+                raise ValueError(f"{path}: holds {have} complete rounds, {rows} needed to continue")
+
+            def fill(f: h5py.File) -> None:
+                _copy_attrs(src, f, skip=(FINAL_MODEL_SHA256,))  # a finished run extended with more rounds
+                history = list(src.attrs.get(WORLD_SIZES, [int(src.attrs[WORLD_SIZE])]))
+                _set_attrs(f, {**attrs, WORLD_SIZES: np.array(history + [world_size], dtype=np.int64)})
+                f.attrs[ROWS_WRITTEN] = np.int64(rows)
+                for name, obj in src.items():
+                    if name == MODEL:
+                        continue
+                    if name in PER_ROUND_GROUPS and isinstance(obj, h5py.Group):
+                        g = f.create_group(name)
+                        _copy_attrs(obj, g)
+                        for key, ds in obj.items():
+                            _copy_rows(ds, g, key, rows)
+                    else:
+                        src.copy(obj, f, name)
+                for name in ROUND_FIELDS:  # a file from an older version: its rounds read as not recorded
+                    if name not in f[ROUNDS]:
+                        _round_dataset(f[ROUNDS], name, rows)
+                per_round = f[CLIENTS]["sampled"].shape[1]
+                for name in CLIENT_FIELDS:
+                    if name not in f[CLIENTS]:
+                        _client_dataset(f[CLIENTS], name, rows, per_round)
+                for name in RANK_FIELDS:
+                    if name not in f[RANKS]:
+                        _rank_dataset(f[RANKS], name, rows, world_size)
+                for ds in f[RANKS].values():
+                    if ds.shape[1] < world_size:
+                        ds.resize(world_size, axis=1)
+
+            _build(path, f"keeping its first {rows} rounds", fill)
         self = cls.__new__(cls)
-        self.path = path
-        self.f = h5py.File(path, "a", libver="latest")
-        if FINAL_MODEL_SHA256 in self.f.attrs:  # extending a finished run with more rounds
-            del self.f.attrs[FINAL_MODEL_SHA256]
-        if MODEL in self.f:
-            del self.f[MODEL]
-        history = list(self.f.attrs.get(WORLD_SIZES, [int(self.f.attrs[WORLD_SIZE])]))
-        _set_attrs(self.f, {**attrs, WORLD_SIZES: np.array(history + [world_size], dtype=np.int64)})
-        for group in (ROUNDS, CLIENTS, RANKS):
-            for ds in self.f[group].values():
-                if ds.maxshape[0] is None:
-                    ds.resize(rows, axis=0)
-        for name in ROUND_FIELDS:  # a file from an older version: its rounds read as not recorded
-            if name not in self.f[ROUNDS]:
-                _round_dataset(self.f[ROUNDS], name, rows)
-        for name in RANK_FIELDS:
-            if name not in self.f[RANKS]:
-                _rank_dataset(self.f[RANKS], name, rows, world_size)
-        for ds in self.f[RANKS].values():
-            if ds.shape[1] < world_size:
-                ds.resize(world_size, axis=1)
-        self.f.swmr_mode = True
-        self.rows = rows
+        self.path, self.rows, self.fault = path, rows, None
+        self.f = _open_swmr_write(path)
+        self._open = {}
         return self
+
+    def _dataset(self, group: str, name: str) -> h5py.Dataset:
+        """The dataset, kept open while the file is: HDF5 writes a dataset's cached chunks when it is flushed or
+        closed, and a write failing in h5py's close of a dropped Dataset object could not be caught here."""
+        key = f"{group}/{name}"
+        if key not in self._open:
+            self._open[key] = self.f[key]
+        return self._open[key]
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """HDF5 failures (h5py raises OSError or RuntimeError) as one-line WriteErrors naming the file."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            raise WriteError(f"cannot write {what} to the results file {self.path}: "
+                             f"{describe_write_failure(exc)}") from exc
 
     def _append(self, ds: h5py.Dataset, value: Any) -> None:
         ds.resize(self.rows + 1, axis=0)
@@ -102,38 +266,57 @@ class ResultsWriter:
     def append_round(self, row: Mapping[str, Any]) -> None:
         """Append one round; `row` has every ROUND_FIELDS key, `phase_seconds`, `clients_<field>` for every
         CLIENT_FIELDS field, `rank_phase_seconds` (world_size x phases) and `rank_<field>` (world_size) for the
-        RANK_FIELDS it has (the others stay NOT_RECORDED)."""
-        for name in ROUND_FIELDS:
-            self._append(self.f[ROUNDS][name], row[name])
-        self._append(self.f[ROUNDS][PHASE_SECONDS], row[PHASE_SECONDS])
-        for name in CLIENT_FIELDS:
-            self._append(self.f[CLIENTS][name], row[CLIENT_ROW_PREFIX + name])
-        per_rank = {PHASE_SECONDS: row[RANK_PHASE_ROW]}
-        per_rank.update({name: row[RANK_ROW_PREFIX + name] for name in RANK_FIELDS if RANK_ROW_PREFIX + name in row})
-        for name, value in per_rank.items():
-            ds, table = self.f[RANKS][name], np.asarray(value)
-            if table.shape[0] > ds.shape[1]:
-                ds.resize(table.shape[0], axis=1)
-            ds.resize(self.rows + 1, axis=0)
-            ds[self.rows, : table.shape[0]] = table
+        RANK_FIELDS it has (the others stay NOT_RECORDED). The row counts as written (`rounds_written`) once
+        it is flushed; a failure raises WriteError."""
+        what = f"round {row['round']}"
+        if self.fault is not None:
+            self.fault("row", int(row["round"]))
+        with self._writing(what):
+            for name in ROUND_FIELDS:
+                self._append(self._dataset(ROUNDS, name), row[name])
+            self._append(self._dataset(ROUNDS, PHASE_SECONDS), row[PHASE_SECONDS])
+        if self.fault is not None:
+            self.fault("mid-row", int(row["round"]))
+        with self._writing(what):
+            for name in CLIENT_FIELDS:
+                self._append(self._dataset(CLIENTS, name), row[CLIENT_ROW_PREFIX + name])
+            per_rank = {PHASE_SECONDS: row[RANK_PHASE_ROW]}
+            per_rank.update({name: row[RANK_ROW_PREFIX + name] for name in RANK_FIELDS
+                             if RANK_ROW_PREFIX + name in row})
+            for name, value in per_rank.items():
+                ds, table = self._dataset(RANKS, name), np.asarray(value)
+                if table.shape[0] > ds.shape[1]:
+                    ds.resize(table.shape[0], axis=1)
+                ds.resize(self.rows + 1, axis=0)
+                ds[self.rows, : table.shape[0]] = table
+            self.f.flush()  # the whole row is on disk ...
+            self.f.attrs.modify(ROWS_WRITTEN, np.int64(self.rows + 1))
+            self.f.flush()  # ... before it counts
         self.rows += 1
-        self.f.flush()
 
     def finalize(self, state: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> str:
-        """Close the SWMR session, then add the final model (float32 CPU arrays) and its digest. Returns the
-        digest."""
-        self.f.close()
+        """Close the SWMR session, then add the final model (float32 CPU arrays) and its digest, on a copy renamed
+        over the file (a failure leaves it as it was: every round, not finished). Returns the digest."""
+        with self._writing("the last rows"):
+            self.f.flush()
+            self._open.clear()
+            self.f.close()
         digest = state_sha256(state)
-        with h5py.File(self.path, "a") as f:
+
+        def fill(f: h5py.File) -> None:
             g = f.require_group(MODEL)
             for name in sorted(state):
                 g.create_dataset(name, data=np.asarray(state[name], dtype="<f4"))
             _set_attrs(f, attrs)
             f.attrs[FINAL_MODEL_SHA256] = digest
+
+        _build(self.path, "the final model", fill, copy=True)
         return digest
 
     def close(self) -> None:
         """Flush and close without finalising (a stopped or failed run)."""
         if self.f.id.valid:
-            self.f.flush()
-            self.f.close()
+            with self._writing("the last rows"):
+                self.f.flush()
+                self._open.clear()
+                self.f.close()

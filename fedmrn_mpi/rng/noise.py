@@ -103,6 +103,10 @@ KERNELS: str = os.environ.get("FEDMRN_KERNELS", "auto") or "auto"
 _triton_ok: bool | None = None   # None: not tried yet
 
 
+class KernelsUnavailable(RuntimeError):
+    """The Triton kernels were asked for explicitly (FEDMRN_KERNELS=triton or impl="triton") and do not import."""
+
+
 def _triton_importable() -> bool:
     """Import the Triton kernels once (this imports Triton); False, with a warning, if that fails."""
     global _triton_ok
@@ -129,7 +133,9 @@ def use_triton(device: DeviceLike, impl: str | None = None) -> bool:
         return False
     if impl == "triton":
         if not _triton_importable():
-            raise RuntimeError("impl='triton' was requested but the Triton kernels do not import")
+            raise KernelsUnavailable("the Triton kernels were requested (FEDMRN_KERNELS=triton or impl='triton') but "
+                                     "do not import: pip install triton (the build matching your torch), or unset "
+                                     "FEDMRN_KERNELS to use the reference code")
         return True
     raise ValueError(f"unknown kernel implementation {impl!r}; expected one of {KERNEL_IMPLS}")
 

@@ -67,9 +67,10 @@ class ClientStates:
             for view in got.buffers:
                 self.staged.update(self.unpack(view))
 
-    def commit(self) -> None:
-        """The round completed: its clients' new states replace the old ones."""
-        self.store.update(self.staged)
+    def commit(self, skipped: "set[int] | dict[int, str]" = frozenset()) -> None:
+        """The round completed: its clients' new states replace the old ones (not those of skipped clients,
+        whose training went wrong: they keep the state they had)."""
+        self.store.update({c: s for c, s in self.staged.items() if c not in skipped})
         self.staged = {}
 
     def as_tensors(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -6,6 +6,7 @@ the state has been evaluated, which happens while the next round trains (`row_re
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -14,6 +15,7 @@ from .. import __version__
 from ..config import Config, config_hash
 from .checkpoint import checkpoint_dir, save_checkpoint
 from .client_states import ClientStates
+from .faults import FAULT_ENV, maybe_write_fault
 from .progress import progress_line
 from .resume import resume_identity
 
@@ -45,6 +47,8 @@ class Hook:
 class ResultsHook(Hook):
     def __init__(self, writer: ResultsWriter) -> None:
         self.writer = writer
+        if os.environ.get(FAULT_ENV):  # tests: write faults inside the real write (rank 0 writes the file)
+            writer.fault = lambda point, round_: maybe_write_fault(0, round_, point, flush=lambda: writer.f.flush())
 
     def row_ready(self, row: dict) -> None:
         self.writer.append_round(row)
@@ -79,6 +83,7 @@ class CheckpointHook(Hook):
         path = save_checkpoint(self.dir, done.round, {
             "state": done.state, "pending": done.pending, "identity": resume_identity(self.cfg),
             "config_sha256": config_hash(self.cfg), "version": __version__, "seed": self.cfg.seed,
-            "client_states": done.client_states.as_tensors() if done.client_states is not None else {}})
+            "client_states": done.client_states.as_tensors() if done.client_states is not None else {}},
+            fault=(lambda: maybe_write_fault(0, done.round, "mid-checkpoint")) if os.environ.get(FAULT_ENV) else None)
         self.log(f"checkpoint after round {done.round} ({why}): {path}", flush=True)
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..algorithms import BadUpdateError
 from ..comm import FlatState, Transport
 from ..comm.flat_state import state_arrays
 from ..config import Config
@@ -22,10 +23,12 @@ from .faults import maybe_corrupt_state, maybe_inject_fault, maybe_signal_at_exi
 from .progress import PhaseTimer
 from ..training.evaluate import block_size_for
 from .evaluation import Shard
-from .roles import FLAG_DONE, FLAG_STOP, ClientPart, ServerPart, control_size, eval_bounds, plan_round
+from .roles import (FLAG_DONE, FLAG_STOP, ClientPart, ServerPart, control_size, eval_bounds, plan_round,
+                    upload_limits)
 from .setup import prepare
 from .start import client_states, start_server
 from .stop import EXIT_STOPPED, SIGNALS, StopNow
+from .watchdog import MODEL, REPORT, UPLOADS, RoundTimeout, Watchdog
 
 CURRENT_ROUND = [0]  # read by the CLI's error handler: which round failed
 EMPTY = np.empty(0, dtype=np.uint8)
@@ -35,7 +38,8 @@ EMPTY_ROW = np.empty(0)
 def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., None] = print,
         resume: bool = False) -> int:
     """Run the federated training on this rank; returns the exit status (0, or EXIT_STOPPED after a stop)."""
-    transport.poll = stop_poll(transport)
+    watchdog = Watchdog(cfg.round_timeout, transport)
+    transport.poll = stop_poll(transport, watchdog)
     su = prepare(cfg, transport, transport.poll)
     timer = PhaseTimer()
     shard = Shard(su, block_size_for(cfg.eval_batch_size, su.device))
@@ -48,22 +52,25 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
         while True:
             if server is not None:
                 ctrl = server.control()
+            watchdog.start(int(ctrl[0]) if server is not None else watchdog.round + 1)
             transport.sync()
             t0, traffic0 = time.perf_counter(), transport.traffic.snapshot()
             with timer("broadcast"):
                 transport.bcast(ctrl, "downlink")
             bounds = eval_bounds(ctrl)
             if ctrl[1] & (FLAG_DONE | FLAG_STOP):
+                watchdog.start(int(ctrl[0]))
                 if bounds is not None:
                     state = final_evaluation(transport, flat, state, shard, bounds, int(ctrl[0]), timer, server,
                                              su.device)
                 break
             plan = plan_round(cfg, su, transport, ctrl)
-            CURRENT_ROUND[0] = plan.round
+            CURRENT_ROUND[0] = watchdog.round = plan.round
             if plan.full_state:
                 with timer("broadcast"):
                     transport.bcast(flat.pack(state) if server else flat.buf, "downlink")
                     state = state if server else flat.unpack(su.device)
+            watchdog.reached(MODEL)
             if server is not None:
                 server.flush_pending()  # the last round's row, when it is not evaluated
             trains = client is not None and bool(plan.assignment.get(transport.rank))
@@ -77,15 +84,17 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
             mine, new_held = client.train(plan, state, held if states else None) if client else (EMPTY, {})
             if bounds is not None and trains:
                 scores = evaluate_share(shard, state, bounds, plan.round - 1, transport.rank, timer)
+            watchdog.reached(UPLOADS)
             transport.sync()
             with timer("gather"):
-                got = transport.gather(mine, "uplink")
+                limits = upload_limits(su, plan, transport.size)
+                got = transport.gather(mine, "uplink", limit=limits)
                 if states is not None:
                     states.collect(transport, new_held)
             messages, new_state = server.aggregate(plan, got, state) if server else ([], state)
             if masks_down:  # every rank rebuilds the same global model from the relayed uploads
                 with timer("broadcast"):
-                    relay = transport.bcast_bytes(got.data if server else None, "downlink")
+                    relay = transport.bcast_bytes(got.data if server else None, "downlink", limit=int(limits.sum()))
                 new_state = new_state if server else client.rebuild(plan, relay, state)
                 new_state = maybe_corrupt_state(transport.rank, plan.round, new_state)
             mismatched = []
@@ -95,15 +104,22 @@ def run(cfg: Config, out_path: str, transport: Transport, log: Callable[..., Non
             wall = time.perf_counter() - t0
             report = np.concatenate([timer.take(wall), transport.traffic.snapshot() - traffic0,
                                      [float(SIGNALS.requested)], scores])
+            watchdog.reached(REPORT)
             table = transport.gather_rows(report)
+            watchdog.done(wall)
             state = new_state
             if server is not None:
                 server.complete(plan, messages, table, report.nbytes * (transport.size - 1), wall, mismatched,
                                 state)
     except StopNow as exc:
         stop_now(exc, server, transport, log)
+    except (RoundTimeout, BadUpdateError) as exc:  # checkpoint what exists; the CLI then ends the job
+        if server is not None:
+            server.stop_now(str(exc))
+        raise
     SIGNALS.ignore()  # the stop is accepted or the run is over: later signals must not change the exit status
-    transport.poll = None
+    watchdog.start(int(ctrl[0]))
+    transport.poll = watchdog.check  # the final barrier must not wait forever for a stuck rank either
     maybe_signal_at_exit(transport.rank)
     if server is not None:
         server.finish(state)
@@ -131,13 +147,14 @@ def final_evaluation(transport: Transport, flat: FlatState, state: dict, shard: 
     return state
 
 
-def stop_poll(transport: Transport) -> Callable[[], None]:
+def stop_poll(transport: Transport, watchdog: Watchdog) -> Callable[[], None]:
     """Called while waiting and at every local step: a second stop signal, here or on a client rank (which
-    tells rank 0 point-to-point), ends the round at once."""
+    tells rank 0 point-to-point), ends the round at once; so does a round older than round_timeout."""
     def poll() -> None:
         SIGNALS.check()
         if transport.is_server and (r := transport.server_notified()) is not None:
             raise StopNow(f"a second stop signal reached rank {r}")
+        watchdog.check()
     return poll
 
 

@@ -3,23 +3,38 @@
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
 import yaml
 
 from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints
-from ..config import Config, config_from_dict, config_hash
+from ..config import Config, config_from_dict, config_to_dict, default_config
+
+
+# keys that may change on resume: schedule, output, placement and fault policy (changing `device` or `threads`
+# voids the bit-exact guarantee); `data.prepared` holds the same data, checked against the config when opened
+FREE_ON_RESUME = frozenset({"run_name", "results_dir", "device", "threads", "log_every", "rounds", "eval_every",
+                            "eval_batch_size", "checkpoint_every", "sync_every", "on_bad_update", "round_timeout",
+                            "data.prepared"})
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 def resume_identity(cfg: Config) -> str:
-    """Hash of the keys that decide the model trajectory; schedule/output-only keys may change on resume, and so
-    may `data.prepared` (a prepared file holds the same data, checked against the config when it is opened)."""
-    same = dataclasses.replace(cfg, run_name="", results_dir="", device="auto", threads=0, log_every=1,
-                               rounds=1, eval_every=0, eval_batch_size=0, checkpoint_every=0, sync_every=1,
-                               data=dataclasses.replace(cfg.data, prepared=None))
-    return config_hash(same)
+    """Hash of the keys that decide the model trajectory and differ from their defaults: a later version that
+    adds a key (whose default keeps the old behaviour) still resumes an earlier version's checkpoints."""
+    base = _leaves(config_to_dict(default_config()))
+    kept = {k: v for k, v in _leaves(config_to_dict(cfg)).items()
+            if k not in FREE_ON_RESUME and (k not in base or base[k] != v)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -36,14 +51,16 @@ class Start:
 
 
 def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
-    """Rank 0: decide from the results file and the checkpoints whether and where to resume."""
-    import h5py  # rank 0 only: client ranks never load h5py
+    """Rank 0: decide from the results file and the checkpoints whether and where to resume. The results file is
+    read as a SWMR reader, so the file of a killed run (which HDF5 opens for nothing else) resumes too."""
+    from ..results.writer import completed_rows, open_for_reading  # rank 0 only: client ranks never load h5py
     ckdir = checkpoint_dir(out_path)
-    finished = False
+    finished, complete_rows = False, 0
     if os.path.exists(out_path):
         try:
-            with h5py.File(out_path, "r") as f:
+            with open_for_reading(out_path) as f:
                 finished = "final_model_sha256" in f.attrs
+                complete_rows = completed_rows(f) if resume else 0
         except OSError as exc:
             if resume:
                 raise CheckpointError(f"cannot resume: results file {out_path} is unreadable ({exc})") from exc
@@ -52,7 +69,7 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
             os.remove(old)
         return Start()
     if finished:
-        with h5py.File(out_path, "r") as f:
+        with open_for_reading(out_path) as f:
             old = config_from_dict(yaml.safe_load(f.attrs["config_yaml"]), source=out_path)
         if resume_identity(old) != resume_identity(cfg) or old.rounds != cfg.rounds:
             raise CheckpointError(f"cannot resume: {out_path} is a finished run of a different configuration "
@@ -66,15 +83,18 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
         return Start(note=f"--resume: no checkpoint in {ckdir} and no results file yet; starting a fresh run")
     if ck["identity"] != resume_identity(cfg):
         raise CheckpointError(f"cannot resume from {ck['path']}: it was written with a different configuration "
-                              f"(only rounds, eval/checkpoint/sync intervals, device, threads, data.prepared and "
-                              f"output keys may change on resume)")
+                              f"(only {', '.join(sorted(FREE_ON_RESUME))} "
+                              f"may change on resume)")
     if not os.path.exists(out_path):
         raise CheckpointError(f"cannot resume from {ck['path']}: the results file {out_path} is missing")
     if ck["round"] > cfg.rounds:
         raise CheckpointError(f"cannot resume from {ck['path']}: checkpoint is at round {ck['round']} but "
                               f"rounds={cfg.rounds}")
     pending = ck.get("pending")
+    rows = ck["round"] - (1 if pending else 0)
+    if complete_rows < rows:  # the rows before the checkpoint's are written (and flushed) before it is
+        raise CheckpointError(f"cannot resume from {ck['path']}: the results file {out_path} holds "
+                              f"{complete_rows} complete rounds, the checkpoint continues after {rows}")
     return Start(round=ck["round"] + 1, state=ck["state"], pending=pending or None,
-                 client_states=ck.get("client_states") or None,
-                 rows=ck["round"] - (1 if pending else 0),
+                 client_states=ck.get("client_states") or None, rows=rows,
                  note=f"resuming after round {ck['round']} from {ck['path']}")

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..algorithms import aggregate
-from ..comm import Gathered, Transport, WireError, decode_messages, encode_message
+from ..algorithms import aggregate_round
+from ..comm import HEADER_SIZE, Gathered, Transport, WireError, decode_messages, encode_message
 from ..comm.flat_state import state_arrays
 from ..comm.transport import CHANNELS
 from ..config import Config
@@ -22,6 +22,7 @@ from ..results import PHASES, format_duration
 from ..training import assign_clients, sample_clients, train_client, train_clients_batched
 from .client_states import ClientStates
 from .evaluation import Balancer, Shard
+from .faults import bad_update_fault, poison_state
 from .hooks import CheckpointHook, Completed, Hook
 from .progress import PhaseTimer, round_phases
 from .setup import Setup
@@ -75,10 +76,18 @@ def trained_samples(cfg: Config, su: Setup, world: int, assignment: dict[int, li
     return out
 
 
-def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, server_lr: float,
-                   ranks: list[int] | None = None) -> tuple[list, dict]:
+def upload_limits(su: Setup, plan: Plan, world: int) -> np.ndarray:
+    """The most upload bytes each rank may send this round (its clients' messages at the payload bound): the
+    server refuses a larger announced size before allocating for it."""
+    per_message = HEADER_SIZE + su.algo.payload_nbytes()
+    return np.array([len(plan.assignment.get(r, [])) * per_message for r in range(world)], dtype=np.int64)
+
+
+def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, cfg: Config,
+                   ranks: list[int] | None = None) -> tuple[list, dict, dict[int, str]]:
     """Validate every rank's concatenated uploads and aggregate them; `ranks` names each buffer's sender
-    (None: one relayed buffer holding every sampled client's upload)."""
+    (None: one relayed buffer holding every sampled client's upload). Returns the messages, the new state and
+    the clients skipped for a non-finite update (on_bad_update=skip)."""
     messages = []
     for i, view in enumerate(buffers):
         rank = ranks[i] if ranks is not None else 0
@@ -91,7 +100,9 @@ def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, server_lr:
         raise WireError(f"round {plan.round}: uploads missing for clients {missing}" if missing
                         else f"round {plan.round}: duplicate uploads for clients "
                              f"{sorted({c for c in seen if seen.count(c) > 1})}")
-    return messages, aggregate(su.algo, messages, state, server_lr, plan.round, su.device)
+    new_state, skipped = aggregate_round(su.algo, messages, state, cfg.server_lr, plan.round, su.device,
+                                         cfg.on_bad_update)
+    return messages, new_state, skipped
 
 
 class ClientPart:
@@ -109,13 +120,18 @@ class ClientPart:
         for cid, ctx in zip(clients, ctxs):
             if client_states is not None:
                 ctx.state = {n: t.to(su.device) for n, t in client_states.get(cid, {}).items()}
-        if self.cfg.batched_clients and len(clients) > 1:  # one vectorised computation for all of them
+        poison = {cid: bad_update_fault(self.rank, plan.round, cid) for cid in clients}
+        if self.cfg.batched_clients and len(clients) > 1 and not any(poison.values()):
+            # one vectorised computation for all of them
             results = train_clients_batched(su.model, su.algo, state, [su.client_data(c) for c in clients], ctxs,
                                             su.local, timer=self.timer)
         else:  # the reference: one after another
-            results = [train_client(su.model, su.algo, state, *su.client_data(cid), ctx, su.local, timer=self.timer)
+            results = [train_client(su.model, su.algo, poison_state(state) if poison[cid] == "nan" else state,
+                                    *su.client_data(cid), ctx, su.local, timer=self.timer)
                        for cid, ctx in zip(clients, ctxs)]
         for cid, ctx, res in zip(clients, ctxs, results):
+            if poison[cid] == "inf-loss":
+                res.train_loss = math.inf
             with self.timer("encode"):
                 uploads.append(encode_message(su.algo.algo_id, plan.round, cid, res.seed, res.weight,
                                               res.train_loss, res.payload))
@@ -126,7 +142,7 @@ class ClientPart:
     def rebuild(self, plan: Plan, relay: np.ndarray, state: dict) -> dict:
         """The new global state from the relayed uploads of every sampled client (same sums as rank 0)."""
         with self.timer("decode_aggregate"):
-            return decode_uploads(self.su, [memoryview(relay)], plan, state, self.cfg.server_lr)[1]
+            return decode_uploads(self.su, [memoryview(relay)], plan, state, self.cfg)[1]
 
 
 class ServerPart:
@@ -147,6 +163,7 @@ class ServerPart:
         done = first_round - 1 if writer is not None else cfg.rounds
         self.last = Completed(done, su.state, pending, client_states=client_states)
         self.resync = True  # the first round (also after a resume) sends the full state
+        self.skipped: dict[int, str] = {}  # this round's clients left out for a non-finite update
         self.t_start = time.perf_counter()
 
     def control(self) -> np.ndarray:
@@ -175,8 +192,15 @@ class ServerPart:
 
     def aggregate(self, plan: Plan, got: Gathered, state: dict) -> tuple[list, dict]:
         with self.timer("decode_aggregate"):
-            return decode_uploads(self.su, got.buffers, plan, state, self.cfg.server_lr,
-                                  ranks=list(range(len(got.buffers))))
+            messages, new_state, self.skipped = decode_uploads(self.su, got.buffers, plan, state, self.cfg,
+                                                               ranks=list(range(len(got.buffers))))
+        by_client = {m.header.client_id: r for r, m in messages}
+        for cid, why in self.skipped.items():
+            self.log(f"round {plan.round}: skipped client {cid} (rank {by_client[cid]}): {why}", flush=True)
+        if len(self.skipped) == len(messages):
+            self.log(f"round {plan.round}: every client's update was skipped; the global model is unchanged",
+                     flush=True)
+        return messages, new_state
 
     def flush_pending(self) -> None:
         """Hand the last completed round's row to the hooks now when it is not to be evaluated (else that
@@ -213,13 +237,13 @@ class ServerPart:
         table = table[:, :_STOP + 1]
         stop = bool(table[:, _STOP].any())
         row = _round_row(plan, messages, table, report_bytes, wall, resync=self.masks_down and plan.full_state
-                         and plan.round > 1, mismatched=len(mismatched))
+                         and plan.round > 1, mismatched=len(mismatched), skipped=self.skipped)
         if mismatched:
             self.log(f"round {plan.round}: model digest differs on rank(s) {mismatched}; full float32 resync "
                      f"next round", flush=True)
         self.resync = bool(mismatched)
         if self.client_states is not None:
-            self.client_states.commit()
+            self.client_states.commit(self.skipped)
         self.last = Completed(plan.round, state, row, stop and plan.round < self.cfg.rounds, self.client_states)
         for h in self.hooks:
             h.round_completed(self.last)
@@ -252,16 +276,19 @@ class ServerPart:
 
 
 def _round_row(plan: Plan, messages: list, table: np.ndarray, report_bytes: int, wall: float, resync: bool,
-               mismatched: int) -> dict:
-    """One results row (without the evaluation, which happens while the next round trains)."""
+               mismatched: int, skipped: dict[int, str]) -> dict:
+    """One results row (without the evaluation, which happens while the next round trains). The train loss is
+    the weighted mean over the clients that were not skipped (NaN when all were)."""
     by_client = {m.header.client_id: (r_, m) for r_, m in messages}
     order = plan.sampled.tolist()
-    weights = np.array([by_client[c][1].header.weight for c in order])
+    kept = np.array([c not in skipped for c in order])
+    weights = np.array([by_client[c][1].header.weight for c in order]) * kept
     losses = np.array([by_client[c][1].header.train_loss for c in order])
     ch = {c: i for i, c in enumerate(CHANNELS)}
     sent, recv = table[:, _SENT:_RECV].astype(np.int64), table[:, _RECV:_STOP].astype(np.int64)
     return {
-        "round": plan.round, "train_loss": float((weights * losses).sum() / weights.sum()),
+        "round": plan.round, "skipped_clients": int((~kept).sum()),
+        "train_loss": float((weights[kept] * losses[kept]).sum() / weights.sum()) if kept.any() else math.nan,
         # rank 0's view: what reached the server, what it sent down; control: sent by every rank, plus the
         # rank reports gathered at the end of the round
         "uplink_bytes": int(recv[0, ch["uplink"]]), "downlink_bytes": int(sent[0, ch["downlink"]]),
@@ -271,6 +298,7 @@ def _round_row(plan: Plan, messages: list, table: np.ndarray, report_bytes: int,
         "phase_seconds": round_phases(table[:, :_SENT], wall),
         "clients_sampled": plan.sampled, "clients_rank": np.array([by_client[c][0] for c in order]),
         "clients_uplink_bytes": np.array([by_client[c][1].nbytes for c in order]),
-        "clients_train_loss": losses, "rank_phase_seconds": table[:, :_SENT],
+        "clients_train_loss": losses, "clients_skipped": (~kept).astype(np.int8),
+        "rank_phase_seconds": table[:, :_SENT],
         "rank_bytes_sent": sent.sum(axis=1), "rank_bytes_received": recv.sum(axis=1),
     }

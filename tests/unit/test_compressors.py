@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate
 from fedmrn_mpi.algorithms.qsgd import QSGD
 from fedmrn_mpi.rng.bits import pack_planes, unpack_planes
 from fedmrn_mpi.algorithms.signsgd import SignSGD
@@ -313,10 +313,14 @@ def _topk_indices(*idx):
     (("algorithm.name=topk",), _nan_at(4), "values of features.0.weight are not all finite"),
 ])
 def test_bad_payload_is_a_wire_error_naming_rank_client_round(overrides, corrupt, match):
+    """A malformed payload is a WireError; a well-formed one carrying NaN/inf is a diverged client's update, which
+    the on_bad_update policy handles (abort: BadUpdateError); both name rank, client and round."""
     *_, algo, state, ctx = setup(*overrides)
     payload = algo.encode(perturbed_problem(algo, state, ctx), ctx)
     aggregate(algo, [message(algo, payload)], state, 1.0, 3, CPU)  # the intact payload is accepted
-    with pytest.raises(WireError, match=f"message from rank 1, client 7, round 3: .*{match}"):
+    err, where = ((BadUpdateError, r"round 3: the update of client 7 \(trained on rank 1\) is not finite: ")
+                  if "nan" in match or "finite" in match else (WireError, "message from rank 1, client 7, round 3: "))
+    with pytest.raises(err, match=f"{where}.*{match}"):
         aggregate(algo, [message(algo, corrupt(payload))], state, 1.0, 3, CPU)
 
 

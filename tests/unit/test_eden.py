@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate, make_algorithm, model_spec
 from fedmrn_mpi.algorithms.eden import EDEN, MIN_BLOCK, block_sizes, eden_decode, eden_encode
 from fedmrn_mpi.algorithms.hadamard import (fwht, fwht_, inverse_randomized_hadamard, rademacher_diagonal,
                                             randomized_hadamard)
@@ -148,9 +148,9 @@ def test_zero_block_and_nonfinite_update():
     x[:256] = 1.0  # first block nonzero, second (the 44 entries + padding) all zero
     scales, _ = eden_encode(x, 0, 1)
     assert scales[0] > 0 and scales[1] == 0
-    x[7] = float("nan")
-    with pytest.raises(ValueError, match="not finite"):
-        eden_encode(x, 0, 1)
+    x[7] = float("nan")  # a diverged update is sent with a NaN scale (the server's on_bad_update decides)
+    scales, _ = eden_encode(x, 0, 1)
+    assert np.isnan(scales[0]) and scales[1] == 0
 
 
 # --- wire -----------------------------------------------------------------------------------------------------
@@ -210,7 +210,10 @@ def test_corrupt_payload_is_a_wire_error_naming_rank_client_round(bad):
         # second scale of the third masked tensor
         off = algo.tensor_nbytes(0, 288) + algo.tensor_nbytes(1, 18432) + 4
         payload[off: off + 4] = np.array([{"nan": np.nan, "inf": np.inf, "negative": -1.0}[bad]], "<f4").view(np.uint8)
-    with pytest.raises(WireError, match=rf"rank 2, client 7, round {ctx.round}:") as err:
+    # NaN/inf: a well-formed upload of a diverged client, handled by on_bad_update (abort: BadUpdateError)
+    err_type, where = ((BadUpdateError, rf"round {ctx.round}: the update of client 7 \(trained on rank 2\)")
+                       if bad in ("nan", "inf") else (WireError, rf"rank 2, client 7, round {ctx.round}:"))
+    with pytest.raises(err_type, match=where) as err:
         _aggregate_one(algo, state, ctx, payload)
     assert ("bytes, expected" in str(err.value)) if bad in ("truncated", "long") else ("tensor 2, block 1" in str(err.value))
 

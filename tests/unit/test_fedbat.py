@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate
 from fedmrn_mpi.algorithms.fedbat import (ALPHA_MAX, ALPHA_MIN, FedBAT, binarize, log_scale_key, scale)
 from fedmrn_mpi.algorithms.spec import ModelSpec
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
@@ -223,7 +223,10 @@ def test_corrupted_or_truncated_payloads_are_rejected():
     cases = [(good[:-1], "56439 bytes, expected 56440"), (np.concatenate([good, good[:4]]), "expected 56440"),
              (nan, "nan"), (big, "0.5"), (zero, "0.0")]
     for bad, text in cases:
-        with pytest.raises(WireError, match="rank 2, client 4, round 3") as err:
+        # a NaN scale is a diverged client's update (on_bad_update; abort: BadUpdateError), the rest malformed
+        err_type, where = ((BadUpdateError, r"client 4 \(trained on rank 2\)") if text == "nan"
+                           else (WireError, "rank 2, client 4, round 3"))
+        with pytest.raises(err_type, match=where) as err:
             aggregate(algo, [(2, _message(algo, bad))], state, 1.0, 3, CPU)
         assert text in str(err.value)
 

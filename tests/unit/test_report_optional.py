@@ -23,6 +23,7 @@ def _results(path):
                     "control_bytes": 0, "state_bytes": 0, "phase_seconds": np.zeros(len(PHASES)),
                     "clients_sampled": np.array([0, 1]), "clients_rank": np.array([1, 1]),
                     "clients_uplink_bytes": np.array([5, 5]), "clients_train_loss": np.array([1.0, 1.4]),
+                    "skipped_clients": 0, "clients_skipped": np.array([0, 0]),
                     "rank_phase_seconds": np.zeros((2, len(PHASES))), "rank_bytes_sent": np.zeros(2, np.int64),
                     "rank_bytes_received": np.zeros(2, np.int64)})
     w.close()

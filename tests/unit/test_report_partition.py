@@ -34,6 +34,7 @@ def _row(r: int) -> dict:
             "downlink_bytes": 200, "wall_seconds": 0.5, "resync": 0, "digest_mismatches": 0, "control_bytes": 8,
             "state_bytes": 0, "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [0, 1],
             "clients_rank": [1, 1], "clients_uplink_bytes": [50, 50], "clients_train_loss": [1.0, 1.0],
+            "skipped_clients": 0, "clients_skipped": [0, 0],
             "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.05)}
 
 

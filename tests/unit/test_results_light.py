@@ -33,6 +33,7 @@ def _row(r: int) -> dict:
             "digest_mismatches": 0, "control_bytes": 64 + r, "state_bytes": 0,
             "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [2 * r, 2 * r + 1],
             "clients_rank": [1, 2], "clients_uplink_bytes": [150 * r, 150 * r], "clients_train_loss": [1.0, 0.5],
+            "skipped_clients": 0, "clients_skipped": [0, 0],
             "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.05)}
 
 

@@ -52,3 +52,26 @@ def test_corrupt_header_field_is_caught_by_header_crc():
     buf[30] ^= 0x01  # inside the weight field: no other check would notice
     with pytest.raises(WireError, match="header checksum"):
         decode_messages(buf, rank=1, round_=9, algo_id=2)
+
+
+def test_announced_sizes_beyond_the_model_bound_are_refused_before_allocating():
+    import numpy as np
+
+    from fedmrn_mpi.comm.transport import TransportError, _check_limits
+    _check_limits(np.array([0, 100, 50]), np.array([0, 100, 60]), "uplink")  # within the bounds
+    _check_limits(np.array([0, 2**62]), None, "uplink")  # no bound given
+    with pytest.raises(TransportError, match="rank 2 announced 61 bytes on the uplink channel, more than the 60"):
+        _check_limits(np.array([0, 100, 61]), np.array([0, 100, 60]), "uplink")
+    with pytest.raises(TransportError, match="rank 0 announced 9 bytes on the downlink channel"):
+        _check_limits(np.array([9]), 8, "downlink")
+
+
+def test_upload_limits_follow_the_assignment_and_the_payload_bound():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fedmrn_mpi.run.roles import upload_limits
+    su = SimpleNamespace(algo=SimpleNamespace(payload_nbytes=lambda: 1000))
+    plan = SimpleNamespace(assignment={1: [3, 4], 2: [5]})
+    assert upload_limits(su, plan, 3).tolist() == [0, 2 * (HEADER_SIZE + 1000), HEADER_SIZE + 1000]
