@@ -311,6 +311,7 @@ class Transport:
 
     def finalize(self) -> None:
         if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized():
+            self.progress_notes()  # rank 0: notes nobody waited for (they are tiny, sent eagerly) are consumed
             MPI.Finalize()
 
 

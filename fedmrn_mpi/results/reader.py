@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES,
                      PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES, PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS,
                      ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN, WORLD_SIZE)
-from .writer import ROWS_WRITTEN
+from .writer import HDF5_SIGNATURE, ROWS_WRITTEN, open_for_reading
 
 # the per-round series a Run holds; the writer appends them one after another, so a reader of a live file
 # can briefly see them at different lengths, and a killed writer leave them so (all are cut to the shortest,
@@ -24,9 +23,6 @@ from .writer import ROWS_WRITTEN
 _SERIES = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "wall_seconds",
            "control_bytes")
 
-_OPEN_RETRIES = 10
-_OPEN_RETRY_SLEEP = 0.2
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class ResultsFileError(Exception):
@@ -187,32 +183,24 @@ def _has_hdf5_signature(path: Path) -> bool:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         offset = 0
-        while offset + len(_HDF5_SIGNATURE) <= size:
+        while offset + len(HDF5_SIGNATURE) <= size:
             fh.seek(offset)
-            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+            if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
                 return True
             offset = 512 if offset == 0 else 2 * offset
     return False
 
 
 def _open(path: Path) -> h5py.File:
-    """Open for reading, also while a job writes it (SWMR).
+    """Open for reading, also while a job writes it or after it was killed (`writer.open_for_reading`)."""
+    try:
+        return open_for_reading(path)
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot open the HDF5 file: {_one_line(exc)}") from exc
 
-    When the writer finalises it closes the SWMR session and reopens the file normally for a moment; HDF5's
-    file lock then refuses readers, so retry briefly before giving up."""
-    last: Exception | None = None
-    for _ in range(_OPEN_RETRIES):
-        try:
-            return h5py.File(path, "r", swmr=True)
-        except OSError as exc:
-            last = exc
-            if "lock" not in str(exc).lower():
-                break
-            time.sleep(_OPEN_RETRY_SLEEP)
-    try:  # a file not written with libver="latest" may refuse SWMR reading but open normally
-        return h5py.File(path, "r")
-    except OSError:
-        raise ResultsFileError(f"{path}: cannot open the HDF5 file: {last}") from last
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _read(ds: h5py.Dataset) -> np.ndarray:
@@ -250,6 +238,15 @@ def _partition(f: h5py.File) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Read one results file (finished or still being written). Raises ResultsFileError naming the file."""
+    try:
+        return _load_run(path)
+    except ResultsFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged metadata or data: h5py raises OSError, RuntimeError, KeyError...
+        raise ResultsFileError(f"{path}: damaged results file ({_one_line(exc)})") from exc
+
+
+def _load_run(path: str | os.PathLike[str]) -> Run:
     p = Path(path)
     if not p.exists():
         raise ResultsFileError(f"{p}: no such file")

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -78,13 +80,45 @@ def completed_rows(f: h5py.File) -> int:
     return min(n, int(f.attrs[ROWS_WRITTEN])) if ROWS_WRITTEN in f.attrs else n
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_OPEN_RETRIES, _OPEN_RETRY_SLEEP = 10, 0.2
+
+
+def flagged_open_for_writing(path: str | os.PathLike[str]) -> bool:
+    """Whether the superblock (version 2 or 3, at offset 0) says a writer has the file open, or had it when it
+    was killed: its file consistency flags (byte 11) have the write or SWMR-write bit."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    return len(head) == 12 and head[:8] == HDF5_SIGNATURE and head[8] >= 2 and bool(head[11] & 0b101)
+
+
 def open_for_reading(path: str | os.PathLike[str]) -> h5py.File:
-    """Read-only: in SWMR mode, which also opens the file of a running or killed SWMR writer, else plainly (a
-    file written without libver="latest")."""
+    """Read-only, also while a job writes it, or after it was killed (OSError if it cannot be opened).
+
+    A file no job holds opens normally: HDF5 then checks it (a truncated file is refused at once), whereas a SWMR
+    reader retries every damaged metadata read with growing sleeps, for minutes. A file open for SWMR writing
+    (a running job, or one that was killed) refuses normal readers and is read with SWMR. When the writer
+    finalises a step on a temp copy and renames it, HDF5's file lock may refuse readers for a moment, so retry
+    briefly before giving up."""
     try:
-        return h5py.File(path, "r", swmr=True)
-    except OSError:
         return h5py.File(path, "r")
+    except OSError as exc:
+        last: OSError = exc
+        text = str(exc).lower()
+        # a writer killed in the middle of a write may leave the file shorter than its superblock says
+        held = re.search(r"already open for write|unable to lock|lock file", text) or (
+            "truncated file" in text and flagged_open_for_writing(path))
+        if not held:
+            raise
+    for _ in range(_OPEN_RETRIES):
+        try:
+            return h5py.File(path, "r", swmr=True)
+        except OSError as exc:
+            last = exc
+            if "lock" not in str(exc).lower():
+                break
+            time.sleep(_OPEN_RETRY_SLEEP)
+    raise last
 
 
 def _per_round(obj: Any) -> bool:

@@ -172,7 +172,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"{path}: unreadable checkpoint ({_why(exc)})") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] != FORMAT:
         raise CheckpointError(f"{path}: not a fedmrn_mpi checkpoint of format {FORMAT}")
     _check_contents(path, data)
     state = data.pop("state")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import yaml
 
 from .checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints
-from ..config import Config, config_from_dict, config_to_dict, default_config
+from ..config import Config, ConfigError, config_from_dict, config_to_dict, default_config
 
 
 # keys that may change on resume: schedule, output, placement and fault policy (changing `device` or `threads`
@@ -55,22 +55,26 @@ def plan_start(cfg: Config, out_path: str, resume: bool) -> Start:
     read as a SWMR reader, so the file of a killed run (which HDF5 opens for nothing else) resumes too."""
     from ..results.writer import completed_rows, open_for_reading  # rank 0 only: client ranks never load h5py
     ckdir = checkpoint_dir(out_path)
-    finished, complete_rows = False, 0
+    finished, complete_rows, old_yaml = False, 0, ""
     if os.path.exists(out_path):
         try:
             with open_for_reading(out_path) as f:
                 finished = "final_model_sha256" in f.attrs
                 complete_rows = completed_rows(f) if resume else 0
-        except OSError as exc:
+                old_yaml = str(f.attrs.get("config_yaml", "")) if finished and resume else ""
+        except Exception as exc:  # noqa: BLE001 - a damaged file: h5py raises OSError, RuntimeError, KeyError...
             if resume:
-                raise CheckpointError(f"cannot resume: results file {out_path} is unreadable ({exc})") from exc
+                why = " ".join(str(exc).split()) or type(exc).__name__
+                raise CheckpointError(f"cannot resume: results file {out_path} is unreadable ({why})") from exc
     if not resume:
         for old in list_checkpoints(ckdir):  # a fresh run must never be resumed from an older run's state
             os.remove(old)
         return Start()
     if finished:
-        with open_for_reading(out_path) as f:
-            old = config_from_dict(yaml.safe_load(f.attrs["config_yaml"]), source=out_path)
+        try:
+            old = config_from_dict(yaml.safe_load(old_yaml), source=out_path)
+        except (ConfigError, yaml.YAMLError) as exc:
+            raise CheckpointError(f"cannot resume: {out_path} holds no readable config ({exc})") from exc
         if resume_identity(old) != resume_identity(cfg) or old.rounds != cfg.rounds:
             raise CheckpointError(f"cannot resume: {out_path} is a finished run of a different configuration "
                                   f"(or another number of rounds); use another output file")

@@ -20,12 +20,14 @@ from fedmrn_mpi.config import (Config, ConfigError, allowed, apply_overrides, co
 
 KEYS = config_keys()
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})
-# derandomized: CI sees the same examples every run. A valid example costs ~20 ms (PyYAML reading the round trip).
 
 
 def fuzz(n: int) -> settings:
+    """Derandomized: CI sees the same examples every run. A valid example costs ~20 ms (PyYAML reads the round
+    trip back)."""
     return settings(max_examples=n, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
 
 # ------------------------------------------------------------------------------------------------ strategies
 
@@ -315,3 +317,23 @@ def test_the_base_config_of_the_main_property_is_valid(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(BASE)
     assert load_config(path).rounds == 2
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not utf-8", "binary", "empty override key", "deep"])
+def test_main_on_an_unusable_config_file(kind, tmp_path, capsys, no_run):
+    path, overrides = tmp_path / "c.yaml", []
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not utf-8":
+        path.write_bytes(b"run_name: caf\xe9\n")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)))
+    elif kind == "empty override key":
+        path.write_text(BASE)
+        overrides = ["=3"]
+    elif kind == "deep":
+        path.write_text("rounds: " + "[" * 5000 + "]" * 5000 + "\n")
+    rc = main(["run", "-c", str(path), *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("fedmrn-mpi: config error:"), err
+    assert "Traceback" not in err and (str(path) in err or kind == "empty override key")

@@ -97,3 +97,75 @@ def test_paths_from_configs_are_never_run_through_a_shell():
             name = _name(call.func)
             if name.startswith("subprocess."):
                 assert path.name == "setup.py" and isinstance(call.args[0], ast.List), (path, call.lineno)
+
+
+# ------------------------------------------------------------------- shell syntax in config paths, taken literally
+
+SHELLY = ["$(touch PWNED)", "`touch PWNED`", ";touch PWNED", "a;touch PWNED;b", "$(touch PWNED)`touch PWNED`"]
+# the call sites that expand `~` / `$VAR` in a path (data.dir, the dataset's directory); a new one must be added
+# here knowingly (tilde and variable expansion run no command; docs/reliability.md documents them for data.dir)
+EXPANDS = {("data/registry.py", "os.path.expandvars"), ("data/registry.py", "os.path.expanduser"),
+           ("run/dataset.py", "os.path.expandvars"), ("run/dataset.py", "os.path.expanduser"),
+           ("data/readers.py", "expanduser")}
+
+
+def _config(tmp_path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _no_pwned(tmp_path):
+    assert not [p for p in tmp_path.rglob("*PWNED*") if p.name.startswith("PWNED")], list(tmp_path.rglob("*"))
+
+
+def test_no_new_path_expansion_sites():
+    found = set()
+    for path in FILES:
+        for call in _calls(path):
+            name = _name(call.func)  # "os.path.expandvars", or ".expanduser" for Path(...).expanduser()
+            if name.endswith(("expandvars", "expanduser")):
+                found.add((str(path.relative_to(PKG)), name if name.startswith("os.") else name.rsplit(".", 1)[-1]))
+    assert found <= EXPANDS, sorted(found - EXPANDS)
+
+
+@pytest.mark.parametrize("shelly", SHELLY)
+def test_shell_syntax_in_data_dir_and_prepared_is_a_literal_path(shelly, tmp_path, monkeypatch, capsys):
+    from fedmrn_mpi.run.data_commands import main_data
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, f"data:\n  name: fashion_mnist\n  dir: {yaml.safe_dump(shelly).splitlines()[0]}\n")
+    assert main_data(["check", "-c", cfg]) == 1
+    err = capsys.readouterr().err
+    assert f"data directory {shelly} does not exist" in err, err
+    cfg = _config(tmp_path, "num_clients: 4\nclients_per_round: 2\ndata:\n  name: synthetic\n"
+                            f"  prepared: {yaml.safe_dump(shelly + '/x.h5').splitlines()[0]}\n")
+    assert main_data(["check", "-c", cfg]) == 1
+    err = capsys.readouterr().err
+    assert f"no file {shelly}/x.h5" in err, err
+    _no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize("shelly", SHELLY + ["$HOME", "~", "~root", "${HOME}x"])
+def test_shell_syntax_in_results_dir_and_run_name_is_a_literal_path(shelly, tmp_path, monkeypatch, capsys):
+    # `data prepare` writes <results_dir>/<run_name>.data.h5: exactly there, nothing run, nothing expanded
+    from fedmrn_mpi.run.data_commands import main_data
+    monkeypatch.chdir(tmp_path)
+    q = yaml.safe_dump(shelly).splitlines()[0]
+    cfg = _config(tmp_path, "num_clients: 4\nclients_per_round: 2\ndata:\n  name: synthetic\n  synthetic_train: 40\n"
+                            f"  synthetic_test: 10\nresults_dir: {q}\nrun_name: {q}\n")
+    assert main_data(["prepare", "-c", cfg]) == 0, capsys.readouterr().err
+    assert (tmp_path / shelly / f"{shelly}.data.h5").is_file(), list(tmp_path.rglob("*"))
+    _no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize("written", ["$HOME/nowhere", "~/nowhere"])
+def test_data_dir_expands_home_and_variables_in_python_only(written, tmp_path, monkeypatch, capsys):
+    """Documented convenience for cluster paths (`$SCRATCH/cifar10`, `~/data`): os.path.expanduser/expandvars,
+    no shell; command syntax stays literal (tests above)."""
+    from fedmrn_mpi.run.data_commands import main_data
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = _config(tmp_path, f"data:\n  name: fashion_mnist\n  dir: {yaml.safe_dump(written).splitlines()[0]}\n")
+    assert main_data(["check", "-c", cfg]) == 1
+    assert f"data directory {tmp_path / 'home' / 'nowhere'} does not exist" in capsys.readouterr().err
+    _no_pwned(tmp_path)
