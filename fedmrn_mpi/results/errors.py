@@ -1,4 +1,5 @@
-"""`WriteError`: a results file or checkpoint that could not be written (full disk, file size limit, I/O error).
+"""`WriteError`: a results file or checkpoint that could not be written (full disk, file size limit, I/O error);
+`fsync_path`, which both use to make a rename durable.
 
 Free of h5py and torch, so that the results writer and `run/checkpoint.py` (imported on every rank) both raise
 it; the CLI prints its message as one line, without a traceback."""
@@ -13,6 +14,15 @@ _ERRNO = re.compile(r"errno = (\d+)")
 
 class WriteError(Exception):
     """A file that could not be written; the message names the file and says why, on one line."""
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory (after a rename, the directory entry) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def describe_write_failure(exc: BaseException) -> str:

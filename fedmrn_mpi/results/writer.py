@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from .digest import state_sha256
-from .errors import WriteError, describe_write_failure
+from .errors import WriteError, describe_write_failure, fsync_path
 from .schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, CLIENTS, FINAL_MODEL_SHA256, MODEL, NOT_RECORDED,
                      PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANK_PHASE_ROW, RANK_ROW_PREFIX, RANKS,
                      ROUND_FIELDS, ROUNDS, WORLD_SIZE, WORLD_SIZES)
@@ -133,14 +133,6 @@ def _open_swmr_write(path: str) -> h5py.File:
     return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=fapl))
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -159,9 +151,9 @@ def _build(path: str, what: str, fill: Callable[[h5py.File], None], copy: bool =
             shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a", libver=None) if copy else h5py.File(tmp, "w", libver="latest") as f:
             fill(f)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync(os.path.dirname(os.path.abspath(path)))
+        fsync_path(os.path.dirname(os.path.abspath(path)))
     except (OSError, RuntimeError) as exc:
         _remove(tmp)
         raise WriteError(f"cannot write the results file {path} ({what}): {describe_write_failure(exc)}") from exc

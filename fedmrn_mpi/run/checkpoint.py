@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..results.errors import WriteError, describe_write_failure, has_os_error
+from ..results.errors import WriteError, describe_write_failure, fsync_path, has_os_error
 
 FORMAT = 1
 KEEP = 2
@@ -38,14 +38,6 @@ def checkpoint_dir(results_path: str) -> str:
     """`run.h5` -> `run.ckpt` (a directory beside the results file)."""
     base = results_path[:-3] if results_path.endswith(".h5") else results_path
     return base + ".ckpt"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain(obj: Any) -> Any:
@@ -103,7 +95,7 @@ def save_checkpoint(directory: str, round_: int, payload: dict[str, Any],
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(directory)
+        fsync_path(directory)
     except Exception as exc:  # noqa: BLE001 - removes the temp file, then re-raised
         try:
             os.remove(tmp)
