@@ -56,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load_config
     if not argv or argv[0] not in ("run", "-h", "--help"):
         argv = ["run"] + argv
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
     rank = _rank_from_env()
+    if unknown:  # e.g. `-rounds=3` or `--round 3`: one config-error line, like any other bad override
+        if rank == 0:
+            print(f"fedmrn-mpi: config error: unknown option(s) {' '.join(unknown)!r}; overrides are written "
+                  f"key.sub=value without dashes (options: -c, -o, --resume)", file=sys.stderr)
+        return EXIT_CONFIG
     # Config errors are the same on every rank: report once, exit before MPI starts any collective.
     try:
         cfg = load_config(args.config, args.overrides)

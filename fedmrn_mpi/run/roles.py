@@ -96,10 +96,14 @@ def decode_uploads(su: Setup, buffers: list, plan: Plan, state: dict, cfg: Confi
                                                         algo_id=su.algo.algo_id, expected_clients=set(expected))]
     seen = sorted(m.header.client_id for _, m in messages)
     if seen != plan.sampled.tolist():
+        trainer = {c: r for r, cs in plan.assignment.items() for c in cs}
         missing = sorted(set(plan.sampled.tolist()) - set(seen))
-        raise WireError(f"round {plan.round}: uploads missing for clients {missing}" if missing
-                        else f"round {plan.round}: duplicate uploads for clients "
-                             f"{sorted({c for c in seen if seen.count(c) > 1})}")
+        if missing:
+            raise WireError(f"round {plan.round}: uploads missing for clients {missing} (trained on rank(s) "
+                            f"{sorted({trainer[c] for c in missing})})")
+        twice = sorted({c for c in seen if seen.count(c) > 1})
+        senders = sorted({r for r, m in messages if m.header.client_id in twice})
+        raise WireError(f"round {plan.round}: duplicate uploads for clients {twice} (sent by rank(s) {senders})")
     new_state, skipped = aggregate_round(su.algo, messages, state, cfg.server_lr, plan.round, su.device,
                                          cfg.on_bad_update)
     return messages, new_state, skipped

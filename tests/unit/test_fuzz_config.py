@@ -337,3 +337,11 @@ def test_main_on_an_unusable_config_file(kind, tmp_path, capsys, no_run):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("fedmrn-mpi: config error:"), err
     assert "Traceback" not in err and (str(path) in err or kind == "empty override key")
+
+
+@pytest.mark.parametrize("argv", [["run", "-rounds=3"], ["run", "--round", "3"], ["-x"]])
+def test_an_unknown_dashed_option_is_one_config_error_line(argv, capsys, no_run):
+    from fedmrn_mpi.__main__ import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedmrn-mpi: config error: unknown option(s)"), err

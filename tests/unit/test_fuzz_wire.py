@@ -149,7 +149,8 @@ def check(c: Case, buf: np.ndarray, on_bad_update: str = "abort", relay: bool = 
     if outcome == "BadUpdateError":
         assert on_bad_update == "abort" and re.search(rf"client \d+ \(trained on rank {rank}\)", text), text
     elif re.match(r"round \d+: (uploads missing|duplicate uploads) for clients \[\d", text):
-        pass  # found after all buffers are read: names the round and the clients (not a rank)
+        # found after all buffers are read: names the round, the clients and the rank(s) behind them
+        assert re.search(r"\((trained on|sent by) rank\(s\) \[\d", text), text
     else:
         assert re.match(rf"message from rank {rank}(, client \d+| at byte \d+), round {ROUND}: ", text), text
     event(f"{outcome}: {re.sub(r'[-0-9.e+]+|nan|inf', 'N', text.split(': ', 1)[1])[:48]}")
