@@ -211,15 +211,22 @@ def _restore(files) -> None:
         Path(p).write_bytes(raw)
 
 
+def _damage_checkpoints(files, ops, older_ops=None) -> tuple[str, str]:
+    """Restore the files, damage the newest checkpoint (and the older one when `older_ops` is given); returns
+    (older, newest) paths."""
+    _restore(files)
+    older, newest = files["cks"]
+    Path(newest).write_bytes(_damaged(files["ck_raw"][1], ops))
+    if older_ops is not None:
+        Path(older).write_bytes(_damaged(files["ck_raw"][0], older_ops))
+    return older, newest
+
+
 @fuzz(200)
 @given(ops=st.lists(damage, min_size=1, max_size=3), both=st.booleans(), older_ops=st.lists(damage, min_size=1,
                                                                                            max_size=2))
 def test_latest_checkpoint_with_damaged_files(ops, both, older_ops, files):
-    _restore(files)
-    older, newest = files["cks"]
-    Path(newest).write_bytes(_damaged(files["ck_raw"][1], ops))
-    if both:
-        Path(older).write_bytes(_damaged(files["ck_raw"][0], older_ops))
+    older, newest = _damage_checkpoints(files, ops, older_ops if both else None)
     try:
         ck = latest_checkpoint(files["ckdir"])
     except CheckpointError as exc:
@@ -283,11 +290,7 @@ def test_a_checkpoint_holding_the_wrong_types(changes, drop, tmp_path_factory):
 @fuzz(100)
 @given(ops=st.lists(damage, min_size=1, max_size=2), both=st.booleans())
 def test_plan_start_with_damaged_checkpoints(ops, both, files):
-    _restore(files)
-    older, newest = files["cks"]
-    Path(newest).write_bytes(_damaged(files["ck_raw"][1], ops))
-    if both:
-        Path(older).write_bytes(_damaged(files["ck_raw"][0], ops))
+    older, newest = _damage_checkpoints(files, ops, ops if both else None)
     try:
         start = plan_start(CFG, str(files["run"]), resume=True)
     except CheckpointError as exc:
