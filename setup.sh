@@ -4,7 +4,9 @@
 #   bash setup.sh          everything needed to run the main job
 #   bash setup.sh --test   the same plus the test tools
 # Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0; e.g. "torch" with a CUDA index
-# on a GPU machine), MPI_FROM_PYPI=0 to use a site MPI instead of the mpich wheel.
+# on a GPU machine), MPI_FROM_PYPI=0 to use a site MPI instead of the mpich wheel: mpi4py is then compiled
+# against the MPI whose `mpicc` is on PATH (load the site's MPI module first; pip caches the built wheel, so
+# only the first set-up on a machine pays the few minutes of compiling).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -26,5 +28,12 @@ fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ "$MPI_FROM_PYPI" != "1" ]; then
+  command -v mpicc >/dev/null ||
+    { echo "setup.sh: MPI_FROM_PYPI=0 needs the site MPI's mpicc on PATH (e.g. module load openmpi)" >&2; exit 1; }
+  # a binary mpi4py (from PyPI, or an earlier set-up) reports no build configuration: replace it
+  "$VENV/bin/python" -c 'import mpi4py, sys; sys.exit(0 if mpi4py.get_config().get("mpicc") else 1)' 2>/dev/null ||
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary=mpi4py "mpi4py>=3.1"
+fi
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" -e ".[$extras]"
 echo "setup.sh: ready ($("$VENV/bin/python" -c 'import torch, mpi4py; print("torch", torch.__version__, "mpi4py", mpi4py.__version__)'))"

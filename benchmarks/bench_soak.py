@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch import ROOT, _env, _mpirun
+from launch import ROOT, launcher
 
 sys.path.insert(0, str(ROOT))
 from fedmrn_mpi.results.reader import load_run  # noqa: E402
@@ -127,9 +127,9 @@ def _size(path: Path) -> int:
 def watch(args: list[str], ranks: int, cwd: Path, h5: Path, period: float) -> Watch:
     """Launch `mpirun -n ranks python -m fedmrn_mpi ARGS` in `cwd` and sample it until it exits."""
     w = Watch()
-    cmd = [_mpirun(), "-n", str(ranks), sys.executable, "-m", "fedmrn_mpi", *args]
+    cmd = launcher().python_command(ranks, args)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=launcher().env({"PYTHONUNBUFFERED": "1"}), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
 
     def read_lines() -> None:  # progress lines, time-stamped with the file's size as they arrive

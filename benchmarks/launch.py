@@ -1,37 +1,31 @@
-"""Running `python -m fedmrn_mpi ...` from a benchmark: this checkout's package, the venv's mpirun."""
+"""Running `python -m fedmrn_mpi ...` from a benchmark: this checkout's package, launched the way the tests
+launch it (tests/launchers.py: the mpirun of the interpreter's MPI, with that MPI's settings)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from launchers import Launcher, launcher, launcher_for  # noqa: E402
+
+__all__ = ["ROOT", "Launcher", "fedmrn", "launcher", "launcher_for"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    return env
-
-
-def _mpirun() -> str:
-    cand = Path(sys.executable).with_name("mpirun")
-    return str(cand) if cand.exists() else (shutil.which("mpirun") or "mpirun")
-
-
-def fedmrn(args: list[str], ranks: int | None, cwd: Path) -> float:
-    """Run fedmrn_mpi with `args` (under `mpirun -n ranks` when given) in `cwd`; its wall seconds. A failure
-    ends the benchmark with the command and the end of its stderr."""
-    cmd = [sys.executable, "-m", "fedmrn_mpi", *args]
-    if ranks:
-        cmd = [_mpirun(), "-n", str(ranks), *cmd]
+def fedmrn(args: list[str], ranks: int | None, cwd: Path, lau: Launcher | None = None,
+           env_extra: dict[str, str] | None = None) -> float:
+    """Run fedmrn_mpi with `args` (under `mpirun -n ranks` when given; `lau` picks the MPI and interpreter,
+    default the running one's; `env_extra` overrides its variables) in `cwd`; its wall seconds. A failure ends the benchmark with the command and
+    the end of its stderr."""
+    lau = lau or launcher()
+    cmd = lau.python_command(ranks, args) if ranks else [lau.python, "-m", "fedmrn_mpi", *args]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=cwd, env=lau.env(env_extra), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-3000:]}")

@@ -13,11 +13,12 @@ if not torch.cuda.is_available():
         warnings.warn("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from launchers import launcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,26 +37,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 def mpirun_path() -> str:
-    """The venv's own launcher (a system Open MPI mpirun with the MPICH library aborts)."""
-    cand = Path(sys.executable).with_name("mpirun")
-    if cand.exists():
-        return str(cand)
-    found = shutil.which("mpirun")
-    if not found:
-        raise RuntimeError("no mpirun found: install the test set-up (bash setup.sh --test)")
-    return found
+    """The `mpirun` of the MPI this Python's mpi4py uses (tests/launchers.py)."""
+    return launcher().path
 
 
 def run_cli(args: list[str], nprocs: int | None, cwd: Path, timeout: float = 240, env_extra: dict | None = None):
     """Run `python -m fedmrn_mpi ...`, under a real mpirun when nprocs is given."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "fedmrn_mpi", *args]
-    if nprocs is not None:
-        cmd = [mpirun_path(), "-n", str(nprocs), *cmd]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if nprocs is None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(env_extra or {})
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return launcher().run(nprocs, args, cwd, timeout, env_extra)
 
 
 @pytest.fixture

@@ -25,10 +25,16 @@ from typing import Callable
 
 import numpy as np
 
+MPI_MISSING = ""  # why there is no MPI, when there is none
 try:  # mpi4py is a dependency, but the runner still works in one process without it
     from mpi4py import MPI
-except ImportError:  # pragma: no cover - exercised only on machines without mpi4py
-    MPI = None
+except ImportError as exc:  # pragma: no cover - exercised only on machines without mpi4py
+    MPI, MPI_MISSING = None, f"mpi4py is not installed ({exc})"
+except RuntimeError as exc:  # mpi4py's PyPI wheel on a machine with no MPI library at all
+    MPI, MPI_MISSING = None, f"mpi4py finds no MPI library ({exc}): pip install mpich, or load the site's MPI"
+
+# set by mpirun/srun (MPICH's hydra and PMI, Open MPI, PMIx, Slurm) in every rank of a multi-process job
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
 POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
@@ -89,6 +95,10 @@ class Transport:
     def __init__(self, comm=None, poll: Callable[[], None] | None = None) -> None:
         if comm is None and MPI is not None:
             comm = MPI.COMM_WORLD
+        if comm is None and any(os.environ.get(v, "1") != "1" for v in _LAUNCHER_SIZE_VARS):
+            # without MPI every rank of an mpirun job would run the whole job on its own
+            raise RuntimeError(f"started by an MPI launcher, but {MPI_MISSING or 'MPI is unavailable'} "
+                               "(docs/mpi.md)")
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
@@ -307,7 +317,7 @@ class Transport:
     def gather_strings(self, text: str) -> list[str] | None:
         """Small UTF-8 metadata (host, device) to rank 0, once at set-up; None on other ranks."""
         got = self.gather(np.frombuffer(text.encode(), dtype=np.uint8), "control")
-        return None if got is None else [bytes(v).decode() for v in got.buffers]
+        return None if got is None else [bytes(v).decode("utf-8", "replace") for v in got.buffers]
 
     def finalize(self) -> None:
         if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized():
@@ -316,4 +326,9 @@ class Transport:
 
 
 def mpi_library_version() -> str:
-    return MPI.Get_library_version().strip().splitlines()[0] if MPI is not None else "none"
+    """The first line of the MPI library's own version string ("none" without MPI). Open MPI's ends in a NUL
+    byte (C string length counted), so NULs are dropped here too, not only by the results writer."""
+    if MPI is None:
+        return "none"
+    text = MPI.Get_library_version().replace("\x00", "").strip()
+    return text.splitlines()[0] if text else "unknown"

@@ -63,7 +63,16 @@ TOTAL_SECONDS = "total_seconds"
 NUM_MASKED_PARAMS = "num_masked_params"
 NUM_UNMASKED_VALUES = "num_unmasked_values"
 
+# the machine identity (run/machine.py; docs/design.md, "Reproducibility"), one text each, "mixed:a,b" when ranks
+# differ. CPU fields of every rank: the CPU model (name and vendor family/model/stepping), a digest of its
+# instruction-set flags, its cache sizes, the instruction set oneDNN and MKL chose, and the settings that cap or
+# change the CPU kernels ("none" at the defaults). GPU fields of the CUDA ranks ("none" when there are none): the
+# CUDA toolkit torch was built with, the cuDNN and cuBLAS versions.
+CPU_MACHINE_ATTRS = ("cpu_model", "cpu_flags_sha256", "cpu_caches", "onednn_isa", "mkl_isa", "cpu_kernel_settings")
+GPU_MACHINE_ATTRS = ("cuda_version", "cudnn_version", "cublas_version")
+
 # root attributes that decide whether two runs of one config give bit-exact equal results; a file that lacks
 # one (older versions) reads as UNKNOWN
-REPRO_ATTRS = ("torch_version", "numpy_version", "device_type", "threads_per_rank", "cpu_capability", "gpu_names")
+REPRO_ATTRS = ("torch_version", "numpy_version", "device_type", "threads_per_rank", "cpu_capability", "gpu_names",
+               *CPU_MACHINE_ATTRS, *GPU_MACHINE_ATTRS)
 UNKNOWN = "unknown"

@@ -41,15 +41,19 @@ from .errors import WriteError, describe_write_failure, fsync_path
 from .schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, CLIENTS, FINAL_MODEL_SHA256, MODEL, NOT_RECORDED,
                      PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANK_PHASE_ROW, RANK_ROW_PREFIX, RANKS,
                      ROUND_FIELDS, ROUNDS, WORLD_SIZE, WORLD_SIZES)
+from .text import safe_text
 
 ROWS_WRITTEN = "rounds_written"  # root attribute: rows complete on disk (module docstring); newer than the others
 PER_ROUND_GROUPS = (ROUNDS, CLIENTS, RANKS)  # their datasets with an unlimited first axis get one row per round
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Write attributes; every string, alone or in a list, is cleaned by `safe_text` first (results/text.py)."""
     for k, v in attrs.items():
-        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-            v = np.array(v, dtype=h5py.string_dtype())
+        if isinstance(v, (str, bytes)):
+            v = safe_text(v)
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, bytes)) for x in v):
+            v = np.array([safe_text(x) for x in v], dtype=h5py.string_dtype())
         obj.attrs[k] = v
 
 

@@ -60,6 +60,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..compat import triton_interpreter_problem
+
 __all__ = [
     "NOISE_KINDS",
     "MAX_NUMEL",
@@ -136,6 +138,11 @@ def use_triton(device: DeviceLike, impl: str | None = None) -> bool:
             raise KernelsUnavailable("the Triton kernels were requested (FEDMRN_KERNELS=triton or impl='triton') but "
                                      "do not import: pip install triton (the build matching your torch), or unset "
                                      "FEDMRN_KERNELS to use the reference code")
+        # a CPU tensor means Triton's interpreter, which an older Triton cannot run under a newer NumPy: say
+        # so here rather than let the first kernel fail deep inside the interpreter
+        problem = triton_interpreter_problem() if torch.device(device).type == "cpu" else None
+        if problem:
+            raise KernelsUnavailable(problem)
         return True
     raise ValueError(f"unknown kernel implementation {impl!r}; expected one of {KERNEL_IMPLS}")
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..compat import load_weights_only
 from ..results.errors import WriteError, describe_write_failure, fsync_path, has_os_error
 
 FORMAT = 1
@@ -161,7 +162,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     archive's CRC32s) or does not hold what a checkpoint holds."""
     _check_archive(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_weights_only(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"{path}: unreadable checkpoint ({_why(exc)})") from exc
     if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] != FORMAT:

@@ -3,6 +3,7 @@ the environment attributes of the results file (everything the reproducibility c
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -16,11 +17,14 @@ import torch
 from .. import __version__
 from ..algorithms import Algorithm, ModelSpec, make_algorithm, model_spec
 from ..comm import Transport, mpi_library_version
+from ..compat import cpu_capability
 from ..config import Config, config_hash, config_to_yaml
 from ..models import build_model, global_state
+from ..results.schema import CPU_MACHINE_ATTRS, GPU_MACHINE_ATTRS, UNKNOWN
 from ..rng.seeds import derive_seed
 from ..training import LocalTraining
 from .dataset import Batch, open_run_data
+from .machine import machine_identity
 
 
 _IMPORTED = time.perf_counter()
@@ -118,13 +122,15 @@ def git_revision() -> str:
 
 
 def rank_facts(su: Setup, transport: Transport) -> list[dict[str, str]] | None:
-    """Rank 0: host, device, GPU name, threads and CPU instruction set of every rank (None elsewhere)."""
+    """Rank 0: host, device, GPU name, threads, CPU instruction set, set-up time and the machine identity
+    (run/machine.py) of every rank (None elsewhere)."""
     gpu = torch.cuda.get_device_name(su.device) if su.device.type == "cuda" else "none"
-    mine = "|".join([transport.hostname(), str(su.device), gpu, str(su.threads),
-                     torch.backends.cpu.get_cpu_capability(), f"{su.setup_seconds:.3f}"])
-    rows = transport.gather_strings(mine)
-    keys = ("host", "device", "gpu", "threads", "cpu_capability", "setup_seconds")
-    return None if rows is None else [dict(zip(keys, r.split("|"))) for r in rows]
+    mine = {"host": transport.hostname(), "device": str(su.device), "gpu": gpu, "threads": str(su.threads),
+            "cpu_capability": cpu_capability(), "setup_seconds": f"{su.setup_seconds:.3f}",
+            **machine_identity(su.device)}
+    # JSON, not a separator: CPU and GPU names and library texts may contain any character
+    rows = transport.gather_strings(json.dumps(mine))
+    return None if rows is None else [json.loads(r) for r in rows]
 
 
 def _uniform(values: list[str]) -> str:
@@ -136,8 +142,10 @@ def _uniform(values: list[str]) -> str:
 def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[dict[str, str]]) -> dict:
     """Root attributes of the results file: config, versions, and the settings that decide bit-exact results
     (results.REPRO_ATTRS): torch/numpy versions, the training ranks' device type, threads and CPU instruction
-    set, and the GPU models."""
+    set, the GPU models, and the machine identity (CPU model, flags, caches, oneDNN/MKL ISA, kernel settings,
+    CUDA/cuDNN/cuBLAS versions)."""
     workers = [facts[r] for r in transport.client_ranks]
+    cuda = [f for f in facts if f["device"].startswith("cuda")]
     threads = _uniform([f["threads"] for f in workers])
     return {
         "config_yaml": config_to_yaml(cfg), "config_sha256": config_hash(cfg), "version": __version__,
@@ -155,6 +163,10 @@ def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[
         "device_type": _uniform([f["device"].split(":")[0] for f in workers]),
         "threads_per_rank": int(threads) if threads.isdigit() else threads,
         "cpu_capability": _uniform([f["cpu_capability"] for f in workers]),
+        # what decides the bits beyond cpu_capability (run/machine.py): the CPU fields of every rank (rank 0 sums
+        # and evaluates too), the GPU fields of the CUDA ranks ("none" when there are none)
+        **{k: _uniform([f.get(k, UNKNOWN) for f in facts]) for k in CPU_MACHINE_ATTRS},
+        **{k: _uniform([f.get(k, UNKNOWN) for f in cuda] or ["none"]) for k in GPU_MACHINE_ATTRS},
         "num_masked_params": su.spec.num_masked, "num_unmasked_values": su.spec.num_unmasked,
         "payload_bytes_per_client": su.algo.payload_nbytes(),
         # uplink bits per value of the model state (payload only; the 56-byte header adds 448 bits per message)

@@ -8,6 +8,7 @@ from typing import Callable
 
 from .. import __version__
 from ..comm import Transport
+from ..compat import torch_range_note
 from ..config import Config
 from ..results.schema import PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES
 from .client_states import ClientStates
@@ -49,6 +50,8 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
         f"{su.spec.num_masked} masked + {su.spec.num_unmasked} unmasked values, "
         f"upload {su.algo.payload_nbytes()} B/client; results -> {out_path}")
     log(f"devices: {ranks_text(attrs['rank_devices'])}", flush=True)
+    if note := torch_range_note():  # the torch_version attribute records it too; this says it at the start
+        log(f"fedmrn_mpi: {note}", flush=True)
     hooks = [ResultsHook(writer), ProgressHook(cfg, start.round, log)]
     return ServerPart(cfg, su, transport, timer, writer, checkpoints, hooks, start.round, start.pending, log, states,
                       shard)

@@ -116,15 +116,14 @@ def test_digest_mismatch_triggers_a_full_resync(cli, tmp_path):
 
 
 def test_chunked_collectives_with_a_lowered_limit(tmp_path):
-    import os
     import subprocess
     import sys
-    from conftest import ROOT, mpirun_path
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    from conftest import ROOT
+    from launchers import launcher
     for n, limit in ((3, 1000), (4, 7)):
-        res = subprocess.run([mpirun_path(), "-n", str(n), sys.executable,
-                              str(ROOT / "tests" / "mpi_scripts" / "chunked_collectives.py"), str(limit)],
-                             capture_output=True, text=True, timeout=120, env=env)
+        res = subprocess.run(launcher().command(n, [sys.executable, str(ROOT / "tests" / "mpi_scripts" /
+                                                                        "chunked_collectives.py"), str(limit)]),
+                             capture_output=True, text=True, timeout=120, env=launcher().env())
         assert res.returncode == 0 and "chunked collectives ok" in res.stdout, res.stdout + res.stderr
 
 
@@ -232,21 +231,20 @@ def test_every_algorithm_runs_under_mpirun_and_does_not_depend_on_the_rank_count
 def test_compare_job_array_task_runs_its_config_and_resumes(tmp_path):
     """jobs/compare_array.sbatch outside Slurm (TASK picks the config, LAUNCHER=mpirun): task 1 runs the
     second config of COMPARE_DIR into RESULTS/<name>.h5; run again, it finds the file complete."""
-    import os
     import shutil
     import subprocess
     from conftest import ROOT, mpirun_path
+    from launchers import launcher
     cdir = tmp_path / "cmp"
     cdir.mkdir()
     for name in ("a-fedavg", "b-signsgd"):
         shutil.copy(ROOT / "configs" / "tiny.yaml", cdir / f"{name}.yaml")
     with open(cdir / "b-signsgd.yaml", "a") as fh:
         fh.write("# the method under test\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), FEDMRN_DIR=str(ROOT), TASK="1", COMPARE_DIR=str(cdir),
-               RESULTS=str(tmp_path / "res"), LAUNCHER="mpirun", MPIRUN=mpirun_path(), NTASKS="2",
-               VENV=str(Path(sys.executable).parents[1]), PYTHON=sys.executable,
-               OVERRIDES="algorithm.name=signsgd rounds=1")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    env = launcher().env(dict(FEDMRN_DIR=str(ROOT), TASK="1", COMPARE_DIR=str(cdir),
+                              RESULTS=str(tmp_path / "res"), LAUNCHER="mpirun", MPIRUN=mpirun_path(), NTASKS="2",
+                              VENV=str(Path(sys.executable).parents[1]), PYTHON=sys.executable,
+                              OVERRIDES="algorithm.name=signsgd rounds=1"))
     for attempt in range(2):
         res = subprocess.run(["bash", str(ROOT / "jobs" / "compare_array.sbatch")], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=240)

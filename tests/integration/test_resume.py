@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, mpirun_path
+from conftest import ROOT
+from launchers import launcher
 from fedmrn_mpi.run.checkpoint import checkpoint_dir, list_checkpoints
 from fedmrn_mpi.run.stop import EXIT_STOPPED
 
@@ -21,16 +21,10 @@ def _args(out, *over):
     return ["run", "-c", str(ROOT / "configs" / "tiny.yaml"), "-o", str(out), *over]
 
 
-def _env(extra=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), FEDMRN_MPI_SIGNAL_DEBOUNCE="0.05")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    env.update(extra or {})
-    return env
-
-
 def _start(args, nprocs, cwd, log, env=None):
-    cmd = [mpirun_path(), "-n", str(nprocs), sys.executable, "-m", "fedmrn_mpi", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(env), stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = launcher().env({"FEDMRN_MPI_SIGNAL_DEBOUNCE": "0.05", **(env or {})})
+    return subprocess.Popen(launcher().python_command(nprocs, args), cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _rounds_written(path) -> int:
@@ -54,7 +48,7 @@ def test_stop_signal_checkpoints_and_resume_matches_uninterrupted(cli, tmp_path,
     over = ["rounds=5", "data.synthetic_train=1600"]
     out, proc, log, _ = _held_run(cli, tmp_path, over, hold_rank=1, kind="pause")
     with log:
-        proc.send_signal(sig)  # mpirun forwards it to every rank
+        launcher().signal(proc, sig)
         rc = proc.wait(timeout=120)
     text = (tmp_path / "log.txt").read_text()
     assert rc == EXIT_STOPPED, text
@@ -100,10 +94,10 @@ def test_second_signal_stops_within_the_round_and_resume_still_matches(cli, tmp_
     over = ["rounds=4"]
     out, proc, log, marker = _held_run(cli, tmp_path, over, hold_rank=1)
     with log:  # rank 1 is held inside round 2: the stop cannot reach a round boundary
-        proc.send_signal(signal.SIGUSR1)  # mpirun forwards it to every rank
+        launcher().signal(proc, signal.SIGUSR1)
         _wait_file(marker + ".requested", proc)
         t0 = time.time()
-        proc.send_signal(signal.SIGUSR1)
+        launcher().signal(proc, signal.SIGUSR1)
         rc = proc.wait(timeout=60)
     assert time.time() - t0 < 30
     text = (tmp_path / "log.txt").read_text()
@@ -130,7 +124,7 @@ def test_late_signals_during_shutdown_change_nothing(cli, tmp_path, stop):
         proc = _start(_args(out, "rounds=3"), 3, tmp_path, log, env)
         if stop:
             _wait_file(marker + ".holding", proc)
-            proc.send_signal(signal.SIGTERM)  # mpirun forwards it to every rank
+            launcher().signal(proc, signal.SIGTERM)
         rc = proc.wait(timeout=120)
     text = (tmp_path / "log.txt").read_text()
     assert rc == (EXIT_STOPPED if stop else 0), text
@@ -203,7 +197,7 @@ def test_per_client_state_survives_a_stop_and_a_resume_on_another_rank_count(cli
     over = ["rounds=4", "algorithm.name=topk", "algorithm.error_feedback=true", "algorithm.fraction=0.05"]
     out, proc, log, _ = _held_run(cli, tmp_path, over, hold_rank=1, kind="pause")
     with log:
-        proc.send_signal(signal.SIGTERM)
+        launcher().signal(proc, signal.SIGTERM)
         rc = proc.wait(timeout=120)
     text = (tmp_path / "log.txt").read_text()
     assert rc == EXIT_STOPPED and "checkpoint after round 2" in text, text

@@ -1,7 +1,8 @@
 """The jobs/*.sbatch scripts on a REAL local Slurm cluster (scripts/slurm_local.sh: munged, slurmctld and two
 slurmd on this machine, fake GPUs): a scaling job array, a self-requeueing job that checkpoints on SIGUSR1 and
-resumes, and the single-node and multi-node scripts. Inside the allocations the venv's MPI is used: srun
---mpi=pmi2 (the `mpich` wheel has no PMIx) or its own mpirun (MPICH's hydra, which starts its proxies with srun).
+resumes, and the single-node and multi-node scripts. Inside the allocations the tests' MPI is used
+(tests/launchers.py): srun --mpi=pmi2 for the `mpich` wheel (it has no PMIx) or --mpi=pmix for Open MPI, or that
+MPI's own mpirun (which starts its daemons or proxies on the other node with srun).
 
 Needs root and the Slurm packages; the fixture installs them when apt-get can (and skips, saying how, when it
 cannot). Every wait has a timeout and the cluster is always taken down, leaving no process behind."""
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, mpirun_path
+from launchers import launcher
 from slurm_helpers import Cluster, Timeline, ensure_slurm, rounds_written, wait_until
 
 TINY = "configs/tiny.yaml"
@@ -45,8 +47,8 @@ def cluster(tmp_path_factory):
 
 def job_env(**kw) -> dict:
     """The variables every job script reads, pointed at this checkout and its venv."""
-    env = {"FEDMRN_DIR": str(ROOT), "PYTHON": sys.executable, "MPIRUN": mpirun_path(), "CONFIG": TINY,
-           "OVERRIDES": "", "SRUN_MPI": "pmi2"}
+    env = {**launcher().variables(), "FEDMRN_DIR": str(ROOT), "PYTHON": sys.executable, "MPIRUN": mpirun_path(),
+           "CONFIG": TINY, "OVERRIDES": "", "SRUN_MPI": launcher().srun_mpi}
     env.update({k: str(v) for k, v in kw.items()})
     return env
 
@@ -98,8 +100,8 @@ def test_requeue_checkpoints_requeues_and_resumes_to_the_same_model(cluster, tmp
     over = f"rounds={REQUEUE_ROUNDS}"
     # the uninterrupted reference run of the same config, directly under mpirun, while the job runs
     ref_out = tmp_path / "ref.h5"
-    ref = subprocess.Popen([mpirun_path(), "-n", str(RANKS), sys.executable, "-m", "fedmrn_mpi", "run", "-c", TINY,
-                            "-o", str(ref_out), over], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    ref = subprocess.Popen(launcher().python_command(RANKS, ["run", "-c", TINY, "-o", str(ref_out), over]),
+                           cwd=ROOT, env=launcher().env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     tl = Timeline()
     try:

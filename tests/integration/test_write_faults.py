@@ -10,13 +10,13 @@ Every test waits for events (process exit, marker files), never for fixed times.
 import os
 import resource
 import subprocess
-import sys
 import time
 
 import h5py
 import pytest
 
-from conftest import ROOT, mpirun_path, run_cli
+from conftest import ROOT, run_cli
+from launchers import launcher
 from fedmrn_mpi.report import main_status
 from fedmrn_mpi.results import load_run
 from fedmrn_mpi.run.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints
@@ -30,14 +30,11 @@ def _args(out, *over):
 
 
 def _env(extra=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    env.update(extra or {})
-    return env
+    return launcher().env(extra)
 
 
 def _mpirun(args, nprocs):
-    return [mpirun_path(), "-n", str(nprocs), sys.executable, "-m", "fedmrn_mpi", *args]
+    return launcher().python_command(nprocs, args)
 
 
 def _digest(path):

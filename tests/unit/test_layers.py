@@ -7,8 +7,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "fedmrn_mpi"
 # bottom to top; a part may import itself and anything earlier in this list, and the package root
-LAYERS = ["results", "rng", "data", "models", "comm", "algorithms", "config", "training", "run", "report",
-          "__main__"]
+LAYERS = ["results", "compat", "rng", "data", "models", "comm", "algorithms", "config", "training", "run",
+          "report", "__main__"]
+# parts that run without torch: they may not import compat (torch-version facts), although it lies below them
+NO_TORCH = ("results", "report")
 
 
 def _part(module: str) -> str:
@@ -70,3 +72,10 @@ def test_the_check_sees_relative_and_lazy_imports():
     assert "fedmrn_mpi.algorithms" in imported  # a function-level relative import (the registry)
     assert not any(m.startswith("fedmrn_mpi.config") for m, _ in _imports(PKG / "algorithms" / "base.py"))
     assert "fedmrn_mpi.comm" in {m for m, _ in _imports(PKG / "run" / "loop.py")}
+
+
+@pytest.mark.parametrize("path", [f for f in FILES if _part(".".join(f.relative_to(PKG.parent).parts)) in NO_TORCH],
+                         ids=lambda p: str(p.relative_to(PKG)))
+def test_the_torch_free_parts_do_not_import_compat(path):
+    assert not [m for m, _ in _imports(path) if _part(m) == "compat"], \
+        f"{path.relative_to(PKG)} imports fedmrn_mpi.compat, which imports torch"

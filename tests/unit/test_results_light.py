@@ -23,7 +23,11 @@ from fedmrn_mpi.results import PHASES, REPRO_ATTRS, ResultsWriter, load_run, sta
 ROOT = Path(__file__).resolve().parents[2]
 CPR, WORLD = 2, 3
 REPRO = {"torch_version": "2.3.0+cpu", "numpy_version": "1.26.4", "device_type": "cpu", "threads_per_rank": 1,
-         "cpu_capability": "AVX2", "gpu_names": ["none"]}
+         "cpu_capability": "AVX2", "gpu_names": ["none"],
+         "cpu_model": "Intel(R) Xeon(R) Processor (GenuineIntel 6/167/1)", "cpu_flags_sha256": "a6735db074b53efc",
+         "cpu_caches": "L1d 48K, L1i 64K, L2 2048K, L3 491520K", "onednn_isa": "Intel AVX2",
+         "mkl_isa": "code path 5, auto branch AVX2", "cpu_kernel_settings": "none", "cuda_version": "none",
+         "cudnn_version": "none", "cublas_version": "none"}
 
 
 def _row(r: int) -> dict:

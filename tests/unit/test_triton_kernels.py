@@ -16,22 +16,33 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton): no kernel tests")
+tl = triton.language
 
 from fedmrn_mpi.algorithms import aggregate, make_algorithm, model_spec  # noqa: E402
 from fedmrn_mpi.algorithms import fedmrn_kernels as fk  # noqa: E402
 from fedmrn_mpi.algorithms.fedmrn import (hard_share, mask_probability, masked_noise,  # noqa: E402
                                           probability_from_ratio, clipped_ratio)
 from fedmrn_mpi.comm.wire import decode_messages, encode_message  # noqa: E402
+from fedmrn_mpi.compat import triton_interpreter_problem  # noqa: E402
 from fedmrn_mpi.config import load_config  # noqa: E402
 from fedmrn_mpi.models import global_state  # noqa: E402
 from fedmrn_mpi.rng import bits as B  # noqa: E402
 from fedmrn_mpi.rng import noise as N  # noqa: E402
 from fedmrn_mpi.training import LocalTraining  # noqa: E402
+from triton_fma import fma_f32, patch_interpreter_fma  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1 (tests/conftest.py sets it before triton is imported)",
                 allow_module_level=True)
+if not CUDA:
+    # an interpreter older than Triton 3.9 rounds tl.fma twice; it gets the GPU's single rounding, so the sums
+    # below are held to the same bits under every supported torch (tests/triton_fma.py, test_tl_fma_rounds_once_here)
+    patch_interpreter_fma()
+
+# Triton < 3.7's interpreter warns on every launch under NumPy < 2.4 (and fails under 2.4: fedmrn_mpi.compat)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning:triton.runtime.interpreter")
 
 SIZES = (1, 7, 1000, 4097, 65537)
 EPS = float(np.float32(1e-8))
@@ -401,6 +412,52 @@ def test_cpu_processes_do_not_import_triton() -> None:
     env["CUDA_VISIBLE_DEVICES"] = ""
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+@triton.jit
+def _count_to(out_ptr, n):
+    """Adds 1 to out[0] n times: a loop bounded by a kernel argument, as `_mask_sum_kernel`'s loop over uploads."""
+    for _k in range(n):
+        tl.store(out_ptr, tl.load(out_ptr) + 1)
+
+
+def test_the_interpreter_fact_in_compat_matches_the_installed_triton() -> None:
+    """compat.triton_interpreter_problem predicts, from the versions alone, whether this Triton runs a loop over
+    a kernel argument (Triton < 3.7's interpreter under NumPy >= 2.4 does not); compiled on a GPU it always does."""
+    out = torch.zeros(1, dtype=torch.int32, device="cuda" if CUDA else "cpu")
+    problem = None if CUDA else triton_interpreter_problem()
+    if problem is None:
+        _count_to[(1,)](out, 5)
+        assert out.item() == 5
+    else:
+        with pytest.raises(Exception, match="0-dimensional arrays"):
+            _count_to[(1,)](out, 5)
+        with pytest.raises(N.KernelsUnavailable, match=r"numpy<2\.4"):
+            N.use_triton("cpu", "triton")
+
+
+@triton.jit
+def _fma_kernel(x_ptr, y_ptr, z_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m)
+    y = tl.load(y_ptr + offs, mask=m)
+    z = tl.load(z_ptr + offs, mask=m)
+    tl.store(out_ptr + offs, tl.fma(x, y, z), mask=m)
+
+
+def test_tl_fma_rounds_once_here() -> None:
+    """The kernels' sums rely on `tl.fma` rounding once: compiled, in Triton >= 3.9's interpreter, and in an older
+    interpreter through tests/triton_fma.py (patched above) -- checked on the cases where two roundings
+    differ from one, so the bit-exact sum tests above mean the same on every stack."""
+    x = np.array([4097.0, 4097.0, 1.4142135, 1.0 + 2.0 ** -23, 3.0], dtype=np.float32)
+    y = np.array([4097.0, 4097.0, 1.7320508, 1.0 - 2.0 ** -23, 1e-45], dtype=np.float32)
+    z = np.array([2.0 ** -30, -(2.0 ** -30), -(x[2] * y[2]), -1.0, 0.0], dtype=np.float32)
+    dev = "cuda" if CUDA else "cpu"
+    out = torch.empty(len(x), dtype=torch.float32, device=dev)
+    _fma_kernel[(1,)](*(torch.from_numpy(a).to(dev) for a in (x, y, z)), out, len(x), BLOCK=8)
+    assert out.cpu().numpy().tobytes() == fma_f32(x, y, z).tobytes()
+    assert (x * y + z).tobytes() != fma_f32(x, y, z).tobytes()  # the cases do tell one rounding from two
 
 
 # --- compiled kernels on a real GPU ---------------------------------------------------------------------------

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The integration suite (tests marked `mpi`) under Debian's Open MPI, the MPI most clusters run, in a second
+# environment beside the main one: .venv-ompi, whose mpi4py is compiled against that Open MPI (setup.sh with
+# MPI_FROM_PYPI=0). The tests find Open MPI's mpirun and its settings through tests/launchers.py.
+#   bash scripts/test_openmpi.sh [PYTEST ARGS...]      (default: -m mpi tests)
+# Environment: VENV_OMPI (default .venv-ompi).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV_OMPI=${VENV_OMPI:-.venv-ompi}
+
+if ! command -v mpicc >/dev/null || ! mpirun --version 2>/dev/null | grep -q "Open MPI"; then
+  [ "$(id -u)" = "0" ] || { echo "test_openmpi.sh: install Open MPI first: sudo apt-get install openmpi-bin libopenmpi-dev" >&2; exit 1; }
+  apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null; }
+fi
+MPI_FROM_PYPI=0 VENV="$VENV_OMPI" bash setup.sh --test
+"$VENV_OMPI/bin/python" - <<'PY'
+from mpi4py import MPI
+import mpi4py
+lib = MPI.Get_library_version()
+assert "Open MPI" in lib, f"{mpi4py.__file__} is not using Open MPI: {lib[:80]!r}"
+print(f"test_openmpi.sh: mpi4py {mpi4py.__version__} built with {mpi4py.get_config().get('mpicc')} -> {lib.splitlines()[0].rstrip(chr(0))}")
+PY
+[ $# -gt 0 ] || set -- -m mpi tests
+exec "$VENV_OMPI/bin/python" -m pytest -q "$@"
