@@ -31,8 +31,9 @@ fi
 if [ "$MPI_FROM_PYPI" != "1" ]; then
   command -v mpicc >/dev/null ||
     { echo "setup.sh: MPI_FROM_PYPI=0 needs the site MPI's mpicc on PATH (e.g. module load openmpi)" >&2; exit 1; }
-  # a binary mpi4py (from PyPI, or an earlier set-up) reports no build configuration: replace it
-  "$VENV/bin/python" -c 'import mpi4py, sys; sys.exit(0 if mpi4py.get_config().get("mpicc") else 1)' 2>/dev/null ||
+  # an mpi4py from PyPI (a manylinux wheel, e.g. from an earlier set-up) is replaced by one built here
+  "$VENV/bin/python" -c 'from importlib import metadata as m; import sys
+sys.exit("manylinux" in m.distribution("mpi4py").read_text("WHEEL"))' 2>/dev/null ||
     "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary=mpi4py "mpi4py>=3.1"
 fi
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" -e ".[$extras]"

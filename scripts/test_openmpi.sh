@@ -19,7 +19,10 @@ from mpi4py import MPI
 import mpi4py
 lib = MPI.Get_library_version()
 assert "Open MPI" in lib, f"{mpi4py.__file__} is not using Open MPI: {lib[:80]!r}"
-print(f"test_openmpi.sh: mpi4py {mpi4py.__version__} built with {mpi4py.get_config().get('mpicc')} -> {lib.splitlines()[0].rstrip(chr(0))}")
+from importlib import metadata
+tags = [t.split()[-1] for t in metadata.distribution("mpi4py").read_text("WHEEL").splitlines() if t.startswith("Tag")]
+assert not any("manylinux" in t for t in tags), f"mpi4py is PyPI's binary wheel ({tags}), not built here"
+print(f"test_openmpi.sh: mpi4py {mpi4py.__version__} built here ({tags[0]}) -> {lib.splitlines()[0].rstrip(chr(0))}")
 PY
 [ $# -gt 0 ] || set -- -m mpi tests
 exec "$VENV_OMPI/bin/python" -m pytest -q "$@"
