@@ -56,6 +56,7 @@ MASKS: tuple[str, ...] = ("binary", "signed")
 TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic", "post")
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
+QSGD_CODINGS: tuple[str, ...] = ("elias", "fixed")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 BAD_UPDATES: tuple[str, ...] = ("abort", "skip")
 
@@ -164,9 +165,14 @@ class AlgorithmConfig:
     error_feedback: bool = _opt(False, "signsgd/topk: add the client's residual from its last round before "
                                 "compressing")
     levels: int = _opt(1, "qsgd: quantisation levels per sign", ge=1, lt=2**15)
+    bucket_size: int = _opt(512, "qsgd: consecutive entries of a masked tensor that share one norm (the last "
+                            "bucket shorter); 0 = one bucket per tensor", ge=0, lt=2**31)
+    coding: str = _opt("elias", "qsgd: Elias-coded gaps, signs and levels of the non-zero entries (the paper's, "
+                       "variable size) or a fixed-width sign and level per entry", choices=QSGD_CODINGS)
     fraction: float = _opt(0.01, "topk: share of each tensor's entries sent", gt=0, lt=1)
     warmup_fraction: float = _opt(0.5, "fedbat: share of the local steps trained at full precision", ge=0, lt=1)
-    rho: float = _opt(0.0, "fedbat: learnable log-scale factor, alpha = alpha0 * exp(rho * s)")
+    rho: float = _opt(6.0, "fedbat: learnable log-scale factor, alpha = alpha0 * exp(rho * s); 6 as in every "
+                      "released FedBAT run")
 
     @property
     def effective_sigma(self) -> float:
@@ -220,6 +226,9 @@ class Config:
                            "depend on the rank count)", ge=0)
     batched_clients: bool = _opt(False, "train a rank's clients of a round as one vectorised step (torch.func); "
                                  "false = one after another, the reference")
+    bn_recalibrate: bool = _opt(False, "clients re-estimate the BatchNorm running statistics for the model the "
+                                "server rebuilds from their upload and send those; false = the trained model's, "
+                                "as the reference code")
     eval_batch_size: int = _opt(0, "test images per forward pass; 0 = 100 on the CPU (cache-sized), 1000 on CUDA",
                                 ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)

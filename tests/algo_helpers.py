@@ -2,6 +2,7 @@
 algorithm unit tests start from."""
 
 import torch
+from torch import nn
 
 from fedmrn_mpi.algorithms import make_algorithm, model_spec
 from fedmrn_mpi.config import load_config
@@ -20,3 +21,14 @@ def algo_setup(*overrides, total_steps=10):
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
     ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
     return cfg, model, spec, algo, state, ctx
+
+
+class TinyNet(nn.Module):
+    """Conv (masked, 36 entries) + BatchNorm (parameters and running statistics) + Linear (masked, 140 entries):
+    every tensor role in a model fast enough for many payloads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(20, 7)

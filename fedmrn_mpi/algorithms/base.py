@@ -123,6 +123,19 @@ class Algorithm(ABC):
         """The state the test set is evaluated with after round `round_` (the global state by default)."""
         return global_state
 
+    def value_offsets(self, payload_nbytes: int) -> dict[str, int]:
+        """Byte offset, in a payload of `payload_nbytes` bytes, of each state tensor that `encode` writes as
+        plain float32 values (the BatchNorm statistics among them; `bn_recalibrate` overwrites those). Default:
+        the unmasked tensors back to back in state-dict order at the end of the payload, as every codec here
+        writes them; an algorithm with another layout overrides this (FedAvg). The caller checks the bytes found
+        there against the values `encode` was given, so a wrong answer is an error, never a silent change."""
+        off = payload_nbytes - 4 * self.spec.num_unmasked
+        out = {}
+        for name in self.spec.unmasked:
+            out[name] = off
+            off += 4 * self.spec.numel(name)
+        return out
+
     # shared helpers -------------------------------------------------------------------------------------
     def _float_payload(self, tensors: list[torch.Tensor]) -> np.ndarray:
         if not tensors:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ClientContext, LocalProblem, Update
+from .base import Algorithm, ClientContext, LocalProblem, Update
 from .fedavg import FedAvg
 
 
@@ -63,6 +63,10 @@ class DeltaCompression(FedAvg):
         state = {**problem.trainables, **problem.buffers}
         codes.append(self._float_payload([state[n] for n in self.spec.unmasked]))
         return np.concatenate(codes)
+
+    def value_offsets(self, payload_nbytes: int) -> dict[str, int]:
+        """The codes, then the unmasked float32 tensors at the end (the base layout, not FedAvg's)."""
+        return Algorithm.value_offsets(self, payload_nbytes)
 
     def payload_nbytes(self) -> int:
         return (sum(self.tensor_nbytes(j, self.spec.numel(n)) for j, n in enumerate(self.spec.masked))

@@ -33,3 +33,11 @@ class FedAvg(Algorithm):
 
     def payload_nbytes(self) -> int:
         return 4 * sum(self.spec.numel(n) for n in self.spec.names)
+
+    def value_offsets(self, payload_nbytes: int) -> dict[str, int]:
+        """Every state tensor, back to back in state-dict order from byte 0."""
+        out, off = {}, 0
+        for name in self.spec.names:
+            out[name] = off
+            off += 4 * self.spec.numel(name)
+        return out

@@ -30,11 +30,10 @@ non-zero padding bits after the last mask bit.
 
 Decisions and deviations from the reference code:
 
-- ρ: the config default `algorithm.rho` is 0 (as the issue asked), which makes `∂α/∂s = 0`, so α is the fixed
-  `clamp(mean|u_warm-up|, 5e-4, 5e-2)` and the learnable scale is off. docs/baselines.md §6 found that every
-  released run of the reference uses **ρ = 6** (`train/server.py` default `--rho 6`; the scripts' `rho=0` is
-  overwritten by `rhos[3]`). Set `algorithm.rho=6` to reproduce the paper's runs; the default is the owner's
-  call and is left unchanged here.
+- ρ: the config default `algorithm.rho` is 6, the value of every released run of the reference
+  (docs/baselines.md §6: `train/server.py` default `--rho 6`; the scripts' `rho=0` is overwritten by
+  `rhos[3]`). `algorithm.rho=0` makes `∂α/∂s = 0`, so α is the fixed `clamp(mean|u_warm-up|, 5e-4, 5e-2)` and
+  the learnable scale is off.
 - Warm-up covering every step: the config requires φ < 1, so the switch normally happens at some step
   <= T. If it never happened (φ·T >= T, which floating-point rounding of φ·T or a caller that skips
   `materialize` could produce), `encode` takes the switch after the last step: `α0 = mean|u|` of the final

@@ -12,18 +12,26 @@ from .front import EXIT_ERROR, parse_and_load
 from .plots import write_plots
 from .repro import repro_warning
 from .scaling import scaling_groups
-from .table import partition_table, scaling_table, summary_table, target_table
+from .seeds import seed_groups
+from .table import display_names, partition_table, scaling_table, seed_table, summary_table, target_table
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmrn-mpi report",
                                 description="Summarise fedmrn_mpi results files: a table on stdout, PNG plots "
-                                            "with -o.")
+                                            "with -o.",
+                                epilog="Seed groups: runs whose recorded configs are equal except for seed, run_name "
+                                       "and results_dir (a key only one file records counts as a difference) are "
+                                       "one group when they have two or more distinct seeds; the report gives its "
+                                       "n, mean and sample sd (ddof=1) of final and best accuracy (and of rounds "
+                                       "and uplink to --target, over the runs that reached it), and the accuracy "
+                                       "plots draw its mean with a min-max band. See docs/design.md, \"Seed "
+                                       "groups\".")
     p.add_argument("files", nargs="+", metavar="FILE.h5", help="results files (finished or still running)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write PNG plots into DIR (created if missing)")
     p.add_argument("--target", metavar="ACC", type=_accuracy,
                    help="also list the rounds (and uplink) each run needed to reach this test accuracy, "
-                        "e.g. 0.8 or 80%%")
+                        "e.g. 0.8 or 80%%; for seed groups, mean ± sd over the runs that reached it")
     return p
 
 
@@ -60,6 +68,10 @@ def main_report(argv: Sequence[str]) -> int:
     if args.target is not None:
         print()
         print(target_table(runs, args.target))
+    seeds = seed_groups(runs, display_names(runs))
+    if seeds.groups or seeds.notes:
+        print()
+        print(seed_table(seeds, runs, args.target))
     warning = repro_warning(runs)
     if warning:
         print()
@@ -76,7 +88,7 @@ def main_report(argv: Sequence[str]) -> int:
             print(f"fedmrn-mpi report: no plots written to {out_dir}: plots need matplotlib, the `report` extra "
                   f"(pip install 'fedmrn_mpi[report]', or pip install matplotlib)", file=sys.stderr)
             return EXIT_NO_PLOTS
-        written = write_plots(runs, out_dir)
+        written = write_plots(runs, out_dir, seeds)
         print()
         print(f"wrote {len(written)} plot(s):")
         for w in written:

@@ -13,6 +13,7 @@ import numpy as np
 from ..results import PHASES, Run, format_bytes
 from .partition import partition_file_names, partition_summary
 from .scaling import ScalingGroup, scaling_groups
+from .seeds import SeedGroup, SeedGrouping, seed_groups
 from .table import display_names
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
@@ -52,11 +53,35 @@ def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def _series(runs: Sequence[Run], names: Sequence[str], seeds: SeedGrouping) -> list[tuple[str, Run | SeedGroup]]:
+    """What the accuracy plots draw, in command-line order: each seed group (where its first run is) and each
+    run outside a group."""
+    out: list[tuple[str, Run | SeedGroup]] = []
+    for r, name in zip(runs, names):
+        g = seeds.group_of(r)
+        if g is None:
+            out.append((name, r))
+        elif not any(item is g for _, item in out):
+            out.append((f"{g.name}: mean of {g.n} seeds, band min-max", g))
+    return out
+
+
 def _plot_accuracy(ax: Any, runs: Sequence[Run], names: Sequence[str], x_of: Callable[[Run], np.ndarray],
-                   positive_x: bool = False) -> bool:
-    """One line per run: test accuracy (%) at its evaluated rounds against `x_of(run)`. True if any drawn."""
+                   positive_x: bool = False, seeds: SeedGrouping | None = None, uplink: bool = False) -> bool:
+    """One line per run: test accuracy (%) at its evaluated rounds against `x_of(run)`; one mean line with a
+    min-max band per seed group (x: `SeedGroup.accuracy_curve`). True if any drawn."""
     drawn = False
-    for i, (r, name, c) in enumerate(zip(runs, names, _colors(len(runs)))):
+    series = _series(runs, names, seeds if seeds is not None else seed_groups(runs, names))
+    for i, ((name, item), c) in enumerate(zip(series, _colors(len(series)))):
+        if isinstance(item, SeedGroup):
+            x, mean, lo, hi = item.accuracy_curve(uplink=uplink)
+            keep = x > 0 if positive_x else np.ones(x.shape, dtype=bool)
+            if keep.any():
+                ax.fill_between(x[keep], 100 * lo[keep], 100 * hi[keep], color=c, alpha=0.2, linewidth=0)
+                ax.plot(x[keep], 100 * mean[keep], color=c, label=name, **_style(i))
+                drawn = True
+            continue
+        r = item
         x = np.asarray(x_of(r))
         idx = np.flatnonzero(np.isfinite(r.test_accuracy))
         if positive_x:
@@ -67,11 +92,12 @@ def _plot_accuracy(ax: Any, runs: Sequence[Run], names: Sequence[str], x_of: Cal
     return drawn
 
 
-def plot_accuracy_vs_round(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
-    """Test accuracy at every evaluated round, one line per run."""
+def plot_accuracy_vs_round(runs: Sequence[Run], names: Sequence[str], out: Path,
+                           seeds: SeedGrouping | None = None) -> None:
+    """Test accuracy at every evaluated round, one line per run (per seed group: its mean, band min-max)."""
     fig = _figure()
     ax = fig.add_subplot()
-    if _plot_accuracy(ax, runs, names, lambda r: r.rounds):
+    if _plot_accuracy(ax, runs, names, lambda r: r.rounds, seeds=seeds):
         ax.legend(fontsize="small")
     else:
         _no_data(ax, "no evaluated rounds")
@@ -81,14 +107,17 @@ def plot_accuracy_vs_round(runs: Sequence[Run], names: Sequence[str], out: Path)
     fig.savefig(out)
 
 
-def plot_accuracy_vs_uplink(runs: Sequence[Run], names: Sequence[str], out: Path) -> None:
-    """Test accuracy against the cumulative uplink bytes (all clients) at each evaluated round."""
+def plot_accuracy_vs_uplink(runs: Sequence[Run], names: Sequence[str], out: Path,
+                            seeds: SeedGrouping | None = None) -> None:
+    """Test accuracy against the cumulative uplink bytes (all clients) at each evaluated round (per seed group:
+    its mean accuracy, band min-max, at its runs' mean cumulative uplink)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = _figure()
     ax = fig.add_subplot()
     # a log axis cannot show zero bytes: such points are skipped
-    if _plot_accuracy(ax, runs, names, lambda r: np.cumsum(r.uplink_bytes), positive_x=True):
+    if _plot_accuracy(ax, runs, names, lambda r: np.cumsum(r.uplink_bytes), positive_x=True, seeds=seeds,
+                      uplink=True):
         # powers of two read as round binary sizes (4 MiB, 8 MiB, ...), matching the table's units
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
@@ -216,18 +245,19 @@ def plot_partition(run: Run, name: str, out: Path) -> None:
     fig.savefig(out)
 
 
-def write_plots(runs: Sequence[Run], out_dir: Path) -> list[Path]:
-    """Write every plot that applies into `out_dir` (created if missing): the fixed ones, scaling.png for
-    runs that differ only in world size, and partition_<run name>.png for each run whose file records its
+def write_plots(runs: Sequence[Run], out_dir: Path, seeds: SeedGrouping | None = None) -> list[Path]:
+    """Write every plot that applies into `out_dir` (created if missing): the fixed ones (the accuracy plots
+    draw each seed group of `seeds`, default `seed_groups(runs)`, as its mean with a min-max band), scaling.png
+    for runs that differ only in world size, and partition_<run name>.png for each run whose file records its
     partition. Returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = display_names(runs)
+    seeds = seeds if seeds is not None else seed_groups(runs, names)
     written: list[Path] = []
-    for fname, fn in (("accuracy_vs_round.png", plot_accuracy_vs_round),
-                      ("accuracy_vs_uplink_bytes.png", plot_accuracy_vs_uplink),
-                      ("phase_times.png", plot_phase_times)):
-        fn(runs, names, out_dir / fname)
-        written.append(out_dir / fname)
+    plot_accuracy_vs_round(runs, names, out_dir / "accuracy_vs_round.png", seeds)
+    plot_accuracy_vs_uplink(runs, names, out_dir / "accuracy_vs_uplink_bytes.png", seeds)
+    plot_phase_times(runs, names, out_dir / "phase_times.png")
+    written += [out_dir / f for f in ("accuracy_vs_round.png", "accuracy_vs_uplink_bytes.png", "phase_times.png")]
     groups = scaling_groups(runs)
     if groups:
         plot_scaling(groups, out_dir / "scaling.png")

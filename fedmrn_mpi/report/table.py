@@ -1,4 +1,5 @@
-"""Text tables of the `report` command: the summary of every run, the partition and the scaling table."""
+"""Text tables of the `report` command: the summary of every run, the seed groups, the partition and the scaling
+table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from ..results import Run, format_bytes
 from .partition import partition_summary
 from .scaling import ScalingGroup
+from .seeds import SeedGrouping, Stat, rounds_to_target
 
 SUMMARY_HEADERS = ("name", "algorithm", "ranks", "rounds", "final acc", "best acc", "uplink", "downlink",
                    "up bits/param", "s/round")
@@ -100,17 +102,6 @@ def partition_table(runs: Sequence[Run]) -> str:
             + "\n" + "\n".join(notes))
 
 
-def rounds_to_target(run: Run, target: float) -> tuple[int, int] | None:
-    """(first evaluated round with test accuracy >= target, uplink bytes of all clients up to it), or None."""
-    import numpy as np
-
-    hit = np.flatnonzero(np.isfinite(run.test_accuracy) & (run.test_accuracy >= target))
-    if hit.size == 0:
-        return None
-    i = int(hit[0])
-    return int(run.rounds[i]), int(run.uplink_bytes[: i + 1].sum())
-
-
 def target_table(runs: Sequence[Run], target: float) -> str:
     """Per run: the round that first reached `target` test accuracy and the uplink spent to get there."""
     rows = []
@@ -130,3 +121,62 @@ def scaling_table(groups: Sequence[ScalingGroup]) -> str:
             for g in groups for p, s, sp, e in zip(g.world_sizes, g.seconds_per_round, g.speedup, g.efficiency)]
     return ("Scaling: same config, different world sizes; relative to the smallest world size, by mean s/round.\n"
             + render_table(("config", "ranks", "s/round", "speed-up", "efficiency"), rows, left=(0,)))
+
+
+SEED_NOTES = (
+    "sd: sample standard deviation (ddof=1) over the group's runs, accuracies in percentage points; n = 1 shows "
+    "no sd.",
+)
+
+
+def _acc_stat(s: Stat) -> str:
+    if s.mean is None:
+        return "--"
+    return f"{100 * s.mean:.2f}%" if s.sd is None else f"{100 * s.mean:.2f} ± {100 * s.sd:.2f}%"
+
+
+def _rounds_stat(s: Stat) -> str:
+    if s.mean is None:
+        return "--"
+    return f"{s.mean:.0f}" if s.sd is None else f"{s.mean:.1f} ± {s.sd:.1f}"
+
+
+def _bytes_stat(s: Stat) -> str:
+    if s.mean is None:
+        return "--"
+    return format_bytes(s.mean) if s.sd is None else f"{format_bytes(s.mean)} ± {format_bytes(s.sd)}"
+
+
+def _at_rounds(rounds: Sequence[int]) -> str:
+    lo, hi = min(rounds), max(rounds)
+    return f"@{lo}" if lo == hi else f"@{lo}-{hi}"
+
+
+def seed_table(grouping: SeedGrouping, runs: Sequence[Run], target: float | None = None) -> str:
+    """Per seed group: n, its seeds, mean ± sd of the final and best accuracy and, with `target`, how many of
+    its runs reached it and mean ± sd of their rounds and uplink to it; then the members and the notes."""
+    headers = ["group", "algorithm", "n", "seeds", "final acc", "best acc"]
+    if target is not None:
+        headers += ["reached", f"round to {_pct(target)}", f"uplink to {_pct(target)}"]
+    rows = []
+    for g in grouping.groups:
+        final = g.final_accuracy
+        row = [g.name, g.algorithm_label, str(g.n), ",".join(map(str, g.seeds)),
+               f"{_acc_stat(final)} {_at_rounds(g.final_rounds)}", _acc_stat(g.best_accuracy)]
+        if target is not None:
+            rounds, up = g.to_target(target)
+            row += [f"{rounds.n}/{g.n}", _rounds_stat(rounds), _bytes_stat(up)]
+        rows.append(row)
+    names = {id(r): n for r, n in zip(runs, display_names(runs))}
+    notes = list(SEED_NOTES)
+    if target is not None:
+        notes.append("round, uplink to target: over the runs that reached it (reached: how many of n did; -- when "
+                     "none did).")
+    notes += [f"{g.name}: " + ", ".join(f"{names[id(r)]} (seed {s})" for r, s in zip(g.runs, g.seeds))
+              for g in grouping.groups]
+    notes += [f"note: {n}" for n in grouping.notes]
+    head = ("Seeds: runs whose configs differ only in seed (and run_name, results_dir) form a group; "
+            "mean ± sd over its runs.\n")
+    if not grouping.groups:
+        return "\n".join(f"note: {n}" for n in grouping.notes)
+    return head + render_table(headers, rows, left=(0, 1, 3)) + "\n" + "\n".join(notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,17 +81,26 @@ class Run:
             label += f"/{a['levels']}"
         if self.algorithm == "topk" and "fraction" in a:
             label += f"/{a['fraction']:g}"
-        if self.algorithm == "fedbat" and a.get("rho"):
+        if self.algorithm == "fedbat" and "rho" in a and a["rho"] != 6:  # 6: the default, as released
             label += f"/rho{a['rho']:g}"
         return label + ("+ef" if a.get("error_feedback") else "")
 
     def _algorithm_config(self) -> dict:
-        try:
-            cfg = yaml.safe_load(self.config_yaml) if self.config_yaml else {}
-        except yaml.YAMLError:
-            return {}
-        a = cfg.get("algorithm") if isinstance(cfg, dict) else None
+        a = self.config.get("algorithm")
         return a if isinstance(a, dict) else {}
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """config_yaml parsed as recorded (the full resolved config of the version that wrote the file; keys
+        newer than that version are absent, not filled with today's defaults); {} if it is missing or unreadable.
+        Parsed once per Run: do not modify it."""
+        return _config(self.config_yaml)
+
+    @property
+    def seed(self) -> int | None:
+        """The config's `seed`, or None where the file records none."""
+        s = self.config.get("seed")
+        return s if isinstance(s, int) and not isinstance(s, bool) else None
 
     @property
     def rounds_done(self) -> int:
@@ -211,7 +221,7 @@ def _read(ds: h5py.Dataset) -> np.ndarray:
 def _config(text: str) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(text) if text else {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # damaged text: read as no config
         return {}
     return cfg if isinstance(cfg, dict) else {}
 

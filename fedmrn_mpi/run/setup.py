@@ -92,7 +92,8 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
                sizes=data.sizes, label_counts=data.label_counts,
                local=LocalTraining(root_seed=root, lr=cfg.lr, batch_size=cfg.batch_size,
                                    local_epochs=cfg.local_epochs, weighting=cfg.algorithm.weighting,
-                                   transform=data.train_transform, augment=data.augment, poll=poll),
+                                   transform=data.train_transform, augment=data.augment, poll=poll,
+                                   bn_recalibrate=cfg.bn_recalibrate, server_lr=cfg.server_lr),
                state={n: t.detach().clone() for n, t in global_state(model).items()},
                eval_transform=data.test_transform, client_data=data.client, test_data=data.test,
                num_test=data.num_test, data_source=data.source)
@@ -168,7 +169,10 @@ def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[
         **{k: _uniform([f.get(k, UNKNOWN) for f in facts]) for k in CPU_MACHINE_ATTRS},
         **{k: _uniform([f.get(k, UNKNOWN) for f in cuda] or ["none"]) for k in GPU_MACHINE_ATTRS},
         "num_masked_params": su.spec.num_masked, "num_unmasked_values": su.spec.num_unmasked,
+        # for a variable-size coding (qsgd elias) the payload figures are the proven bound; the bytes actually
+        # sent are in clients/uplink_bytes
         "payload_bytes_per_client": su.algo.payload_nbytes(),
+        "payload_is_bound": bool(su.algo.variable_payload),
         # uplink bits per value of the model state (payload only; the 56-byte header adds 448 bits per message)
         "payload_bits_per_param": 8 * su.algo.payload_nbytes() / (su.spec.num_masked + su.spec.num_unmasked),
     }

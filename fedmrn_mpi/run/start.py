@@ -48,7 +48,7 @@ def start_server(cfg: Config, su: Setup, transport: Transport, timer: PhaseTimer
         f"{cfg.num_clients} clients ({cfg.clients_per_round}/round), {cfg.rounds} rounds, "
         f"{transport.size} rank(s), {attrs['threads_per_rank']} thread(s)/rank, downlink {cfg.algorithm.downlink}; "
         f"{su.spec.num_masked} masked + {su.spec.num_unmasked} unmasked values, "
-        f"upload {su.algo.payload_nbytes()} B/client; results -> {out_path}")
+        f"upload {'<= ' if su.algo.variable_payload else ''}{su.algo.payload_nbytes()} B/client; results -> {out_path}")
     log(f"devices: {ranks_text(attrs['rank_devices'])}", flush=True)
     if note := torch_range_note():  # the torch_version attribute records it too; this says it at the start
         log(f"fedmrn_mpi: {note}", flush=True)

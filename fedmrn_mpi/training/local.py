@@ -14,6 +14,7 @@ from torch import nn
 from ..algorithms import Algorithm, ClientContext
 from ..models import forward
 from ..rng.seeds import derive_seed, torch_generator
+from .bn_recalibrate import recalibrate_upload
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,10 @@ class LocalTraining:
     # stored images of a batch -> augmented images, before `transform` (e.g. data.augment.crop_flip); its
     # randomness comes from the generator it is given, one per (round, client) from the stream "augment"
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = field(default=None, compare=False)
+    # re-estimate the BatchNorm statistics for the model the server rebuilds from the upload, and send those
+    # (training/bn_recalibrate.py); server_lr is the run's, which that rebuild applies
+    bn_recalibrate: bool = False
+    server_lr: float = 1.0
 
     def context(self, round_: int, client_id: int, num_samples: int, device: torch.device) -> ClientContext:
         """All per-(round, client) seeds come from named streams of the root seed."""
@@ -84,6 +89,7 @@ class ClientRun:
         """`x`, `y`: the client's samples, or (several clients side by side) a tensor holding every client's
         samples, of which this client's are the `ctx.num_samples` rows from `offset` on."""
         self.algo, self.x, self.y, self.ctx, self.settings, self.offset = algo, x, y, ctx, settings, offset
+        self.model, self.global_state = model, global_state
         self.problem = problem = algo.begin(global_state, ctx)
         names = list(problem.trainables)
         self.leaves = leaves = list(problem.trainables.values())
@@ -92,28 +98,46 @@ class ClientRun:
         self.adam_idx = [i for i in range(len(names)) if i not in sgd_set]
         self.adam = _Adam([leaves[i] for i in self.adam_idx], settings.lr)
         self.sgd_leaves = [leaves[i] for i in self.sgd]
-        self.order = torch_generator(derive_seed(settings.root_seed, "order", ctx.round, ctx.client_id))
+        self.order = self._order_generator()
         # A generator of its own per (round, client): the augmentation of a client's batches depends neither on
         # the batch order stream nor on which clients this rank trained before (or with). None: nothing is
         # created or drawn.
-        self.augment_gen = (torch_generator(derive_seed(settings.root_seed, "augment", ctx.round, ctx.client_id))
-                            if settings.augment is not None else None)
+        self.augment_gen = self._augment_generator()
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self.step = 0
         self._indices = self._batch_indices()
         self.pending: torch.Tensor | None = next(self._indices, None)   # rows of x, y of the next step
 
-    def _batch_indices(self) -> Iterator[torch.Tensor]:
+    def _order_generator(self) -> torch.Generator:
+        ctx = self.ctx
+        return torch_generator(derive_seed(self.settings.root_seed, "order", ctx.round, ctx.client_id))
+
+    def _augment_generator(self) -> torch.Generator | None:
+        ctx = self.ctx
+        return (torch_generator(derive_seed(self.settings.root_seed, "augment", ctx.round, ctx.client_id))
+                if self.settings.augment is not None else None)
+
+    def _batch_indices(self, epochs: int | None = None, order: torch.Generator | None = None
+                       ) -> Iterator[torch.Tensor]:
         """Rows of x, y for every step: per epoch a permutation from the "order" generator (shifted by
         `offset`), cut into batches of `batch_size` (the last one may be short)."""
         n, bs = self.ctx.num_samples, self.settings.batch_size
-        for _ in range(self.settings.local_epochs):
-            perm = torch.randperm(n, generator=self.order)
+        order = self.order if order is None else order
+        for _ in range(self.settings.local_epochs if epochs is None else epochs):
+            perm = torch.randperm(n, generator=order)
             if self.offset:
                 perm += self.offset
             perm = perm.to(self.ctx.device)
             for b in range(self.ctx.num_batches):
                 yield perm[b * bs: (b + 1) * bs]
+
+    def first_epoch_inputs(self) -> Iterator[torch.Tensor]:
+        """The model inputs of the client's first local epoch once more, batch by batch: the same permutation
+        and augmentation as in training, from fresh generators of the same (round, client) seeds."""
+        augment, gen = self.settings.augment, self._augment_generator()
+        for idx in self._batch_indices(1, self._order_generator()):
+            xb = self.x[idx] if augment is None else augment(self.x[idx], gen)
+            yield self.settings.transform(xb)
 
     def next_params(self) -> dict[str, torch.Tensor]:
         """Start the next step: the algorithm's parameters for it (`materialize`)."""
@@ -131,9 +155,14 @@ class ClientRun:
         self.pending = next(self._indices, None)
 
     def result(self) -> ClientResult:
-        """Encode the upload after the last step."""
+        """Encode the upload after the last step (with `bn_recalibrate`, BatchNorm statistics re-estimated for
+        the model the upload rebuilds; the caller books this under "encode")."""
         ctx, settings = self.ctx, self.settings
         payload = self.algo.encode(self.problem, ctx)
+        if settings.bn_recalibrate:
+            payload = recalibrate_upload(self.model, self.algo, payload, ctx, self.problem.buffers,
+                                         self.global_state, settings.server_lr, self.first_epoch_inputs(),
+                                         settings.poll)
         weight = float(ctx.num_samples if settings.weighting == "samples" else ctx.num_batches)
         return ClientResult(ctx.client_id, payload, ctx.noise_seed, weight, self.mean_loss())
 

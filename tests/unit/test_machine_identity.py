@@ -160,7 +160,7 @@ class _Gather:
 def _setup(device: str = "cpu") -> SimpleNamespace:
     spec = SimpleNamespace(num_masked=10, num_unmasked=2)
     return SimpleNamespace(device=torch.device(device), threads=1, setup_seconds=1.25, spec=spec,
-                           algo=SimpleNamespace(payload_nbytes=lambda: 4), data_source="test")
+                           algo=SimpleNamespace(payload_nbytes=lambda: 4, variable_payload=False), data_source="test")
 
 
 def test_rank_facts_survive_separators_in_any_value():

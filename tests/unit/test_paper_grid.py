@@ -124,6 +124,9 @@ def test_grid_helper_check_and_write(tmp_path: Path) -> None:
     assert config_grid.check(tmp_path, want) == []
     (tmp_path / "b.yaml").write_text("y: 3\n")
     assert config_grid.check(tmp_path, want) == [tmp_path / "b.yaml"]
+    # seeds: the base seed keeps the plain name, any other ends it in -s<seed>
+    assert [config_grid.seeded("iid-fedavg", s, 1234) for s in (1234, 2)] == ["iid-fedavg", "iid-fedavg-s2"]
+    assert config_grid.parse_seeds("1,2,3") == [1, 2, 3]
 
 
 # -------------------------------------------------------------------------------------------- the job array
