@@ -63,7 +63,7 @@ def bench_one(model_name: str, batch: int, k: int, args, dev: torch.device) -> d
     model = build_model(model_name, c, s, 10, seed=0).to(dev)
     spec = model_spec(model)
     cfg = load_config(None, [f"algorithm.name={args.algorithm}"])
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {n: t.detach().clone() for n, t in global_state(model).items()}
     g = torch.Generator().manual_seed(k)
     data = [(torch.randint(0, 256, (args.samples, c, s, s), generator=g, dtype=torch.uint8).to(dev),

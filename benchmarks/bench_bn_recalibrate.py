@@ -62,7 +62,7 @@ def bench_one(label: str, args, dev: torch.device) -> dict:
     model = build_model("cnn4", 1, 28, 10, seed=0).to(dev)
     spec = model_spec(model)
     cfg = load_config(None, ALGORITHMS[label])
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {n: t.detach().clone() for n, t in global_state(model).items()}
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (args.samples, 1, 28, 28), generator=g, dtype=torch.uint8).to(dev)

@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     # One flat masked tensor of N parameters, FedMRN binary masks over uniform noise (the paper's default).
     cfg = load_config(None, ["algorithm.name=fedmrn"])
     spec = ModelSpec(names=("w",), shapes={"w": (N,)}, params=("w",), buffers=(), masked=("w",))
-    algo = make_algorithm(cfg, spec)
-    sigma, kind, mask = cfg.algorithm.effective_sigma, cfg.algorithm.noise, cfg.algorithm.mask
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
+    sigma, kind, mask = algo.options.effective_sigma, algo.options.noise, algo.options.mask
     seed, draw_seed, T = 0x1234_5678_9ABC_DEF0, 0x0FED_CBA9_8765_4321, 7
     ctx = ClientContext(round=1, client_id=0, noise_seed=seed, draw_seed=draw_seed, num_samples=64 * T,
                         num_batches=T, total_steps=T, device=dev)

@@ -31,21 +31,21 @@ sys.path.insert(0, str(ROOT))
 
 from fedmrn_mpi.config import load_config  # noqa: E402
 from launch import fedmrn  # noqa: E402
-from fedmrn_mpi.run.evaluation import Shard  # noqa: E402
-from fedmrn_mpi.run.setup import prepare  # noqa: E402
+from fedmrn_mpi.run.eval_sharing import Shard  # noqa: E402
+from fedmrn_mpi.run.setup import build_setup  # noqa: E402
 from fedmrn_mpi.training import sample_clients, train_client  # noqa: E402
-from fedmrn_mpi.training.evaluate import block_size_for  # noqa: E402
+from fedmrn_mpi.training.block_scores import block_size_for  # noqa: E402
 
 
 class _OneProcess:
-    """The transport facts `prepare` reads, for a single process that plays every role."""
+    """The transport facts `build_setup` reads, for a single process that plays every role."""
     rank, size, local_rank, local_size, is_server, runs_clients, client_ranks = 0, 1, 0, 1, True, True, [0]
 
 
 def measure_floor(config: str, overrides: list[str], rounds: int) -> dict:
     cfg = load_config(config, [*overrides, "threads=1", "device=cpu"])
     torch.set_num_threads(1)
-    su = prepare(cfg, _OneProcess())
+    su = build_setup(cfg, _OneProcess())
     train, evals = [], []
     shard = Shard(su, block_size_for(cfg.eval_batch_size, su.device))
     for r in range(1, rounds + 1):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from fedmrn_mpi.algorithms import make_algorithm  # noqa: E402
 from fedmrn_mpi.comm import HEADER_SIZE, Transport  # noqa: E402
 from fedmrn_mpi.config import load_config  # noqa: E402
-from fedmrn_mpi.run.setup import prepare  # noqa: E402
+from fedmrn_mpi.run.setup import build_setup  # noqa: E402
 from fedmrn_mpi.training import train_client  # noqa: E402
 from fedmrn_mpi.training.schedule import sample_clients  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     cfg = load_config(ROOT / "configs" / "default.yaml", ["algorithm.name=qsgd", "device=cpu", "threads=1"])
-    su = prepare(cfg, Transport())
+    su = build_setup(cfg, Transport())
     cid = int(sample_clients(cfg.seed, 1, cfg.num_clients, cfg.clients_per_round)[args.client])
     ctx = su.local.context(1, cid, int(su.sizes[cid]), su.device)
     captured = {}
@@ -78,7 +78,7 @@ def main() -> None:
             c = load_config(ROOT / "configs" / "default.yaml",
                             ["algorithm.name=qsgd", f"algorithm.levels={levels}", f"algorithm.coding={coding}",
                              f"algorithm.bucket_size={bucket}"])
-            algo = make_algorithm(c, su.spec)
+            algo = make_algorithm(c.algorithm.options, su.spec, c.seed)
             t_enc, payload = median_time(lambda a=algo: a.encode(problem, ctx), args.repeat)
             t_dec, upd = median_time(lambda a=algo, p=payload: a.decode(memoryview(p), ctx.noise_seed, su.state,
                                                                          su.device), args.repeat)

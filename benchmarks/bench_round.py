@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from fedmrn_mpi.algorithms import aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import aggregate_round, make_algorithm, model_spec
 from fedmrn_mpi.comm.wire import decode_messages, encode_message
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.models import build_model, global_state
@@ -40,7 +40,7 @@ def main() -> None:
           f"device {dev}, {args.threads} thread(s)")
     for name in args.algorithms.split(","):
         cfg = load_config(None, [f"algorithm.name={name}"])
-        algo = make_algorithm(cfg, spec)
+        algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
         times: dict[str, float] = {"local_train": 0.0, "encode": 0.0}
 
         def timer(phase, _t=times):
@@ -62,7 +62,7 @@ def main() -> None:
             buf = encode_message(algo.algo_id, 1, cid, res.seed, res.weight, res.train_loss, res.payload)
             msgs += [(1, m) for m in decode_messages(buf, rank=1, round_=1, algo_id=algo.algo_id)]
         t0 = time.perf_counter()
-        aggregate(algo, msgs, state, 1.0, 1, dev)
+        aggregate_round(algo, msgs, state, 1.0, 1, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t_dec = time.perf_counter() - t0

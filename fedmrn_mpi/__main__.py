@@ -75,27 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     from .algorithms.aggregate import BadUpdateError
     from .comm import Transport
     from .data.readers import DatasetError
-    from .run import CURRENT_ROUND, run
+    from .run import RoundTracker, run
     from .run.checkpoint import CheckpointError
     from .results.errors import WriteError
     from .run.watchdog import EXIT_ROUND_TIMEOUT, RoundTimeout
     from .rng.noise import KernelsUnavailable
 
     transport = Transport()
+    tracker = RoundTracker()
 
     def fail(etype, value, tb) -> None:
         # a user's mistake (missing file, unusable checkpoint) needs no traceback; anything else does
         brief = isinstance(value, (CheckpointError, DatasetError, BadUpdateError, RoundTimeout, WriteError,
                                    KernelsUnavailable))
         text = "" if brief else "".join(traceback.format_exception(etype, value, tb))
-        where = f"in round {CURRENT_ROUND[0]}" if CURRENT_ROUND[0] else "during set-up"
+        where = f"in round {tracker.round}" if tracker.round else "during set-up"
         sys.stderr.write(f"fedmrn-mpi: rank {transport.rank} failed {where}: {value}\n{text}")
         transport.abort(EXIT_ROUND_TIMEOUT if isinstance(value, RoundTimeout) else 1)
 
     sys.excepthook = fail
     try:
         status = run(cfg, out, transport, log=print if transport.is_server else (lambda *a, **k: None),
-                     resume=args.resume)
+                     resume=args.resume, observers=[tracker])
         transport.barrier()
     except BaseException:  # noqa: BLE001 - any failure on any rank must end the whole job, never hang it
         fail(*sys.exc_info())

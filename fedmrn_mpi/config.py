@@ -2,7 +2,9 @@
 
 The schema is a tree of frozen dataclasses. Each leaf field carries its checks in `metadata` (`help`,
 `choices`, `ge`, `gt`, `lt`); one generic walker validates any mapping against it, so adding a key means
-adding one field. Key names are a contract with users and scripts: keep them stable.
+adding one field. The `algorithm:` section holds the keys every algorithm shares and, as `options`, the chosen
+algorithm's own `Options` dataclass (fedmrn_mpi.algorithms), built and validated the same way. Key names are a
+contract with users and scripts: keep them stable.
 
 Typical use::
 
@@ -28,12 +30,9 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "DEFAULT_SIGMA",
     "BAD_UPDATES",
     "DEVICES",
     "DOWNLINKS",
-    "MASKS",
-    "TRAININGS",
     "WEIGHTINGS",
     "AlgorithmConfig",
     "Config",
@@ -52,16 +51,10 @@ __all__ = [
 ]
 
 # Allowed values of the keys that have no registry of their own.
-MASKS: tuple[str, ...] = ("binary", "signed")
-TRAININGS: tuple[str, ...] = ("psm", "sm", "deterministic", "post")
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
-QSGD_CODINGS: tuple[str, ...] = ("elias", "fixed")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 BAD_UPDATES: tuple[str, ...] = ("abort", "skip")
-
-# docs/design.md#the-method: one absolute sigma for all layers, depending on the mask kind.
-DEFAULT_SIGMA: dict[str, float] = {"binary": 0.01, "signed": 0.005}
 
 
 # Names with a registry come from it, so a name is accepted exactly when it is implemented. The registries are
@@ -69,11 +62,6 @@ DEFAULT_SIGMA: dict[str, float] = {"binary": 0.01, "signed": 0.005}
 def _algorithm_names() -> tuple[str, ...]:
     from .algorithms import REGISTRY
     return tuple(REGISTRY)
-
-
-def _noise_names() -> tuple[str, ...]:
-    from .rng.noise import NOISE_KINDS
-    return tuple(NOISE_KINDS)
 
 
 def _dataset_names() -> tuple[str, ...]:
@@ -101,10 +89,15 @@ def _model_names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
-def _algorithm_options(name: str) -> tuple[str, ...]:
-    """The `algorithm.*` keys that algorithm `name` reads (besides name, weighting and downlink)."""
+def _options_class(name: str) -> type:
+    """The `Options` dataclass of algorithm `name`: its own `algorithm.*` keys."""
     from .algorithms import REGISTRY
-    return tuple(REGISTRY[name].options)
+    return REGISTRY[name].Options
+
+
+def _registered_options() -> tuple[type, ...]:
+    from .algorithms import REGISTRY
+    return tuple(cls.Options for cls in REGISTRY.values())
 
 
 def _num_classes(dataset: str) -> int:
@@ -150,34 +143,24 @@ def _section(cls: type, help: str) -> Any:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """What clients compute and send, and how the server aggregates (docs/design.md#the-method)."""
+    """What clients compute and send, and how the server aggregates (docs/design.md#the-method): the keys every
+    algorithm reads, and `options`, the chosen algorithm's own keys (an instance of `REGISTRY[name].Options`;
+    left out, its defaults)."""
 
     name: str = _opt("fedmrn", "federated algorithm", choices=_algorithm_names)
-    mask: str = _opt("binary", "FedMRN mask values: {0,1} or {-1,+1}", choices=MASKS)
-    noise: str = _opt("uniform", "distribution of the random noise", choices=_noise_names)
-    sigma: float | None = _opt(None, "noise scale; null = 0.01 for binary, 0.005 for signed masks", gt=0)
-    training: str = _opt("psm", "FedMRN mask training: progressive / always hard / soft then one draw / "
-                         "dense update masked after training", choices=TRAININGS)
     weighting: str = _opt("samples", "client weight in aggregation: sample or batch count",
                           choices=WEIGHTINGS)
     downlink: str = _opt("model", "broadcast the float32 model or the gathered masks",
                          choices=DOWNLINKS)
-    error_feedback: bool = _opt(False, "signsgd/topk: add the client's residual from its last round before "
-                                "compressing")
-    levels: int = _opt(1, "qsgd: quantisation levels per sign", ge=1, lt=2**15)
-    bucket_size: int = _opt(512, "qsgd: consecutive entries of a masked tensor that share one norm (the last "
-                            "bucket shorter); 0 = one bucket per tensor", ge=0, lt=2**31)
-    coding: str = _opt("elias", "qsgd: Elias-coded gaps, signs and levels of the non-zero entries (the paper's, "
-                       "variable size) or a fixed-width sign and level per entry", choices=QSGD_CODINGS)
-    fraction: float = _opt(0.01, "topk: share of each tensor's entries sent", gt=0, lt=1)
-    warmup_fraction: float = _opt(0.5, "fedbat: share of the local steps trained at full precision", ge=0, lt=1)
-    rho: float = _opt(6.0, "fedbat: learnable log-scale factor, alpha = alpha0 * exp(rho * s); 6 as in every "
-                      "released FedBAT run")
+    options: Any = field(default=None, metadata={"help": "the keys of algorithm `name`'s Options"})
 
-    @property
-    def effective_sigma(self) -> float:
-        """`sigma`, or the paper default for this mask kind when unset."""
-        return self.sigma if self.sigma is not None else DEFAULT_SIGMA[self.mask]
+    def __post_init__(self) -> None:
+        cls = _options_class(self.name)
+        if self.options is None:
+            object.__setattr__(self, "options", cls())
+        elif type(self.options) is not cls:
+            raise TypeError(f"algorithm {self.name!r} takes {cls.__qualname__}, not "
+                            f"{type(self.options).__qualname__}")
 
 
 @dataclass(frozen=True)
@@ -244,13 +227,47 @@ class Config:
     model: ModelConfig = _section(ModelConfig, "network architecture")
 
 
+_Key = tuple[Any, "dataclasses.Field[Any]"]  # a key's type and its field (default, metadata)
+
+
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _own_keys(cls: type) -> dict[str, _Key]:
+    """The fields of dataclass `cls`: name -> (type, field)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
 
 
-def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+def _shared_keys() -> dict[str, _Key]:
+    """The keys of the algorithm section that every algorithm reads (the others are its `options`)."""
+    return {k: v for k, v in _own_keys(AlgorithmConfig).items() if k != "options"}
+
+
+def _keys(cls: type) -> dict[str, _Key]:
+    """The keys of section `cls`; the algorithm section's are the shared keys and every algorithm's options."""
+    return _algorithm_keys(_registered_options()) if cls is AlgorithmConfig else _own_keys(cls)
+
+
+@functools.cache
+def _algorithm_keys(registered: tuple[type, ...]) -> dict[str, _Key]:
+    """Every key of the algorithm section, in the order config_to_yaml writes them: `name`, the default
+    algorithm's options, the other shared keys, then the other algorithms' options in registry order. That was
+    the order of the one class that held them all, and config_hash covers the text, so it stays."""
+    shared = _shared_keys()
+    options: dict[str, _Key] = {}
+    for cls in registered:
+        for key, (tp, f) in _own_keys(cls).items():
+            seen = options.setdefault(key, (tp, f))
+            # an option of two algorithms is one key of the section: one type, default and rule
+            if (seen[0], seen[1].default, dict(seen[1].metadata)) != (tp, f.default, dict(f.metadata)):
+                raise TypeError(f"{cls.__qualname__}.{key} differs from another algorithm's option {key!r}")
+    first = _own_keys(_options_class(shared["name"][1].default))
+    order = dict.fromkeys(["name", *first, *shared, *options])
+    return {k: shared[k] if k in shared else options[k] for k in order}
+
+
+def _choices(meta: Mapping[str, Any]) -> tuple[str, ...] | None:
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def _is_section(tp: Any) -> bool:
@@ -268,8 +285,7 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
     out: list[str] = []
-    for name in _fields(cls):
-        tp = _hints(cls)[name]
+    for name, (tp, _) in _keys(cls).items():
         out.extend(_leaf_keys(tp, f"{prefix}{name}.") if _is_section(tp) else [prefix + name])
     return out
 
@@ -389,16 +405,17 @@ def _suggest(word: str, candidates: Iterable[str]) -> list[str]:
     return difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
 
 
-def _unknown_key(ctx: _Ctx, cls: type, prefix: str, key: Any, source: str | None = None) -> ConfigError:
+def _unknown_key(ctx: _Ctx, valid: Sequence[str], prefix: str, key: Any, source: str | None = None,
+                 whose: str = "") -> ConfigError:
     name = str(key)
     dotted = prefix + name
-    valid = list(_fields(cls))
     hits = [prefix + h for h in _suggest(name, valid)]
     if not hits:
         # A leaf written at the wrong level ("mask=signed" for "algorithm.mask=signed").
-        hits = [k for k in config_keys() if _suggest(name, [k.rsplit(".", 1)[-1]])][:3]
+        hits = [k for k in config_keys()
+                if k.rpartition(".")[0] != prefix[:-1] and _suggest(name, [k.rsplit(".", 1)[-1]])][:3]
     hint = f" (did you mean {' or '.join(repr(h) for h in hits)}?)" if hits else ""
-    level = f" under '{prefix[:-1]}'" if prefix else ""
+    level = f" under '{prefix[:-1]}'{whose}" if prefix else ""
     src = source or ctx.source(dotted)
     return ConfigError(f"{src}: unknown key {dotted!r}{hint}; valid keys{level}: {', '.join(valid)}",
                        key=dotted, source=src)
@@ -440,7 +457,7 @@ def _check_leaf(ctx: _Ctx, key: str, value: Any, tp: Any, meta: Mapping[str, Any
     else:  # pragma: no cover - schema bug, not user error
         raise TypeError(f"unsupported field type {tp!r} for {key}")
 
-    choices = allowed(key, ctx.choices)
+    choices = ctx.choices[key] if key in ctx.choices else _choices(meta)
     if choices is not None and value not in choices and meta.get("alias") is not None:
         value = meta["alias"](value) or value
     if choices is not None and value not in choices:
@@ -466,9 +483,8 @@ def allowed(key: str, override: Mapping[str, Sequence[str]] | None = None) -> tu
     section, _, leaf = key.rpartition(".")
     cls: type = Config
     for part in section.split(".") if section else ():
-        cls = _hints(cls)[part]
-    choices = _fields(cls)[leaf].metadata.get("choices")
-    return tuple(choices()) if callable(choices) else choices
+        cls = _keys(cls)[part][0]
+    return _choices(_keys(cls)[leaf][1].metadata)
 
 
 def _type_name(tp: Any) -> str:
@@ -478,25 +494,56 @@ def _type_name(tp: Any) -> str:
 
 def _build(ctx: _Ctx, cls: type, data: Mapping[Any, Any], prefix: str) -> Any:
     """Validate `data` against dataclass `cls`; missing keys take their defaults."""
-    fields = _fields(cls)
+    if cls is AlgorithmConfig:
+        return _build_algorithm(ctx, data, prefix)
+    fields = _own_keys(cls)
     for key in data:
         if key not in fields:
-            raise _unknown_key(ctx, cls, prefix, key)
+            raise _unknown_key(ctx, list(fields), prefix, key)
     kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
+    for name, (tp, f) in fields.items():
         if name not in data:
             continue
-        key, value, tp = prefix + name, data[name], _hints(cls)[name]
+        key, value = prefix + name, data[name]
         if _is_section(tp):
             if value is None:  # `algorithm:` with every sub-key commented out
                 value = {}
             if not isinstance(value, Mapping):
-                sub = ", ".join(f"{key}.{k}" for k in _fields(tp))
+                sub = ", ".join(f"{key}.{k}" for k in _keys(tp))
                 raise ctx.error(key, f"expected a mapping of {sub}; got {_show(value)}")
             kwargs[name] = _build(ctx, tp, value, key + ".")
         else:
             kwargs[name] = _check_leaf(ctx, key, value, tp, f.metadata)
     return cls(**kwargs)
+
+
+def _build_algorithm(ctx: _Ctx, data: Mapping[Any, Any], prefix: str) -> AlgorithmConfig:
+    """The algorithm section: the shared keys, then the named algorithm's `Options` from the rest. Another
+    algorithm's option is taken at its default only, which is how config_to_yaml writes every option; at any
+    other value it is an unknown key, as the named algorithm has no such option."""
+    shared = _shared_keys()
+    kwargs = {k: _check_leaf(ctx, prefix + k, data[k], tp, f.metadata) for k, (tp, f) in shared.items() if k in data}
+    name = kwargs.get("name", shared["name"][1].default)
+    cls, every = _options_class(name), _keys(AlgorithmConfig)
+    own = _own_keys(cls)
+    for key in data:
+        if key in shared or key in own:
+            continue
+        if key in every:
+            tp, f = every[key]
+            if _check_leaf(ctx, prefix + key, data[key], tp, f.metadata) == f.default:
+                continue
+        raise _unknown_option(ctx, name, prefix, key)
+    options = _build(ctx, cls, {k: v for k, v in data.items() if k in own}, prefix)
+    return AlgorithmConfig(**kwargs, options=options)
+
+
+def _unknown_option(ctx: _Ctx, name: Any, prefix: str, key: Any, source: str | None = None) -> ConfigError:
+    """`key` is no key of algorithm `name` (of the default algorithm, when `name` is none): the unknown-key error
+    listing the keys it has."""
+    name = name if name in _algorithm_names() else _shared_keys()["name"][1].default
+    valid = [*_shared_keys(), *_own_keys(_options_class(name))]
+    return _unknown_key(ctx, valid, prefix, key, source, f" for {name}")
 
 
 # Cross-field rules: (keys involved, predicate that must hold, message). Data, so new rules are one line.
@@ -517,23 +564,11 @@ _CROSS_CHECKS: list[tuple[tuple[str, ...], typing.Callable[[Config], bool], typi
 ]
 
 
-# keys of the algorithm section that every algorithm reads
-_GENERAL_ALGORITHM_KEYS = ("name", "weighting", "downlink")
-
-
 def _cross_check(ctx: _Ctx, cfg: Config) -> None:
     for keys, ok, msg in _CROSS_CHECKS:
         if not ok(cfg):
             srcs = list(dict.fromkeys(ctx.source(k) for k in keys))
             raise ConfigError(f"{', '.join(srcs)}: {msg(cfg)}", key=keys[0], source=srcs[0])
-    # a setting the chosen algorithm does not read is a mistake, not something to ignore silently
-    a, reads = cfg.algorithm, _algorithm_options(cfg.algorithm.name)
-    for f in dataclasses.fields(AlgorithmConfig):
-        if f.name in _GENERAL_ALGORITHM_KEYS or f.name in reads or getattr(a, f.name) == f.default:
-            continue
-        key = f"algorithm.{f.name}"
-        uses = ", ".join(f"algorithm.{k}" for k in reads) or "no other algorithm key"
-        raise ctx.error(key, f"{getattr(a, f.name)!r} does not apply to algorithm.name={a.name!r} (it reads {uses})")
 
 
 def _validate(ctx: _Ctx, data: Any) -> Config:
@@ -576,9 +611,12 @@ def _apply_override(ctx: _Ctx, raw: dict[Any, Any], text: str) -> None:
     node = raw
     for i, part in enumerate(parts):
         prefix = ".".join(parts[:i]) + "." if i else ""
-        if part not in _fields(cls):
-            raise _unknown_key(ctx, cls, prefix, part, source=source)
-        tp = _hints(cls)[part]
+        keys = _keys(cls)
+        if part not in keys:
+            if cls is AlgorithmConfig:  # the keys of the algorithm named so far
+                raise _unknown_option(ctx, node.get("name"), prefix, part, source)
+            raise _unknown_key(ctx, list(keys), prefix, part, source=source)
+        tp = keys[part][0]
         if i == len(parts) - 1:
             break
         if not _is_section(tp):
@@ -672,8 +710,23 @@ def apply_overrides(cfg: Config, overrides: Iterable[str], *,
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Nested plain dict of every key, in schema order."""
-    return dataclasses.asdict(cfg)
+    """Nested plain dict of every key, in schema order (what config_to_yaml writes)."""
+    return _as_dict(cfg, Config)
+
+
+def _as_dict(obj: Any, cls: type) -> dict[str, Any]:
+    keys = _keys(cls)
+    return {k: _as_dict(v, keys[k][0]) if _is_section(keys[k][0]) else v for k, v in _values(obj, cls).items()}
+
+
+def _values(obj: Any, cls: type) -> dict[str, Any]:
+    """Key -> value of section `obj` (of type `cls`), in schema order. The algorithm section lists every
+    algorithm's options, another algorithm's at its default: config_to_yaml has always written them all."""
+    if cls is not AlgorithmConfig:
+        return {k: getattr(obj, k) for k in _own_keys(cls)}
+    shared, own = _shared_keys(), _own_keys(type(obj.options))
+    return {k: getattr(obj, k) if k in shared else getattr(obj.options, k) if k in own else f.default
+            for k, (_, f) in _keys(cls).items()}
 
 
 def _scalar(value: Any) -> str:
@@ -683,8 +736,9 @@ def _scalar(value: Any) -> str:
 
 def _emit(obj: Any, cls: type, indent: int, comments: bool, lines: list[str]) -> None:
     pad = " " * indent
-    for name, f in _fields(cls).items():
-        value, tp = getattr(obj, name), _hints(cls)[name]
+    keys = _keys(cls)
+    for name, value in _values(obj, cls).items():
+        tp, f = keys[name]
         if _is_section(tp):
             head = f"{pad}{name}:"
             lines.append(f"{head:<42} # {f.metadata['help']}" if comments else head)
@@ -692,8 +746,7 @@ def _emit(obj: Any, cls: type, indent: int, comments: bool, lines: list[str]) ->
             continue
         line = f"{pad}{name}: {_scalar(value)}"
         if comments:
-            choices = f.metadata.get("choices")
-            choices = choices() if callable(choices) else choices
+            choices = _choices(f.metadata)
             line = f"{line:<42} # {f.metadata['help']}" + (f" ({'|'.join(choices)})" if choices else "")
         lines.append(line)
 

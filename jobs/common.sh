@@ -30,7 +30,7 @@ MPIRUN=${MPIRUN:-mpirun}                  # the MPI's launcher (LAUNCHER=mpirun;
 MPIRUN_ARGS=${MPIRUN_ARGS:-}              # more mpirun options, e.g. "--bind-to none" (Open MPI)
 # ---- the run (scaling_array.sbatch reads CONFIGS and RESULTS instead of CONFIG and OUT) -------------------------
 CONFIG=${CONFIG:-configs/paper/fmnist_cnn4_iid_fedmrn-binary.yaml}
-OVERRIDES=${OVERRIDES:-}                  # "key.sub=value ..." (see README: configuration keys)
+OVERRIDES=${OVERRIDES:-}                  # "key.sub=value ..." (see docs/config.md)
 DATA_DIR=${DATA_DIR:-}                    # adds data.dir=$DATA_DIR when set
 OUT=${OUT:-results/${SLURM_JOB_NAME:-fedmrn}-${SLURM_JOB_ID:-local}.h5}
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
 # Each CONFIG runs as  $MPIRUN -n P $MPIRUN_ARGS $PYTHON -m fedmrn_mpi run -c CONFIG -o $RESULTS/<stem>.h5 --resume
 # $OVERRIDES  (<stem>: the config's file name without .yaml), in the order given. --resume makes the command
 # idempotent: a complete results file is left alone (the run exits 0 at once), an interrupted one continues from
-# its newest checkpoint (configs with checkpoint_every > 0 lose at most that many rounds), a missing one starts.
+# its newest checkpoint (configs with checkpoint_every > 0 lose at most that many rounds), a missing one starts;
+# an unfinished one with no checkpoint yet (killed before its first) is moved aside to <file>.unresumable-<time>
+# and starts over.
 # So after any stop or failure, running the same command again continues where the set stopped.
 #
 # It stops at the first config that fails, naming it and its exit status, and exits with that status.
@@ -103,6 +105,19 @@ trap 'forward INT' INT
 trap 'forward TERM' TERM
 trap 'forward USR1' USR1
 
+# A results file that is neither complete nor has a checkpoint beside it (the run was killed before its first
+# checkpoint) cannot be resumed: --resume refuses to overwrite it. Move it aside, never delete it, and start over.
+set_aside_unresumable() {   # $1: the results file
+  local out=$1 ckdir=${1%.h5}.ckpt aside
+  [ -e "$out" ] || return 0
+  compgen -G "$ckdir/*.pt" >/dev/null && return 0
+  "$PYTHON" -c 'import sys, h5py; f = h5py.File(sys.argv[1], "r"); sys.exit(0 if "final_model_sha256" in f.attrs else 3)' \
+    "$out" 2>/dev/null && return 0
+  aside="$out.unresumable-$(date +%Y%m%d-%H%M%S)"
+  mv "$out" "$aside" || die "cannot move the unresumable $out aside"
+  say "  $out was unfinished and has no checkpoint (killed before its first one): moved to $aside; starting over"
+}
+
 stopped() {   # $1: the exit status; says how to continue, then exits with it
   say "stopped: $done_count of $total configs complete. Continue with the same command:"
   say "  ${OVERRIDES:+OVERRIDES='$OVERRIDES' }RESULTS=$RESULTS $command_line"
@@ -114,6 +129,7 @@ done_count=0
 for cfg in "${configs[@]}"; do
   [ -z "$got" ] || stopped "$EXIT_STOPPED"   # a stop request between two configs
   out=$RESULTS/$(stem_of "$cfg").h5
+  set_aside_unresumable "$out"
   # shellcheck disable=SC2206  # OVERRIDES and MPIRUN_ARGS are lists of words on purpose
   cmd=("$MPIRUN" -n "$nprocs" $MPIRUN_ARGS "$PYTHON" -m fedmrn_mpi run -c "$cfg" -o "$out" --resume $OVERRIDES)
   say "[$((done_count + 1))/$total] $cfg -> $out"

@@ -17,7 +17,7 @@ def algo_setup(*overrides, total_steps=10):
     cfg = load_config(None, list(overrides))
     model = build_model("cnn4", 1, 28, 10, seed=0)
     spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
     ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
     return cfg, model, spec, algo, state, ctx
@@ -32,3 +32,9 @@ class TinyNet(nn.Module):
         self.conv = nn.Conv2d(1, 4, 3)
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(20, 7)
+
+
+def aggregate(algo, messages, global_state, server_lr, round_, device):
+    """The server's aggregation with on_bad_update=abort: just the new global state."""
+    from fedmrn_mpi.algorithms import aggregate_round
+    return aggregate_round(algo, messages, global_state, server_lr, round_, device)[0]

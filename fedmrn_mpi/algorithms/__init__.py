@@ -1,9 +1,12 @@
 """Algorithms behind one interface (see base.Algorithm); REGISTRY maps `algorithm.name` to a class.
 
-The config accepts exactly the names in REGISTRY: an algorithm becomes selectable by being registered here.
+The config accepts exactly the names in REGISTRY, and for each the keys of its `Options`: an algorithm becomes
+selectable by being registered here.
 """
 
-from .aggregate import BadUpdateError, aggregate, aggregate_round
+from typing import Any
+
+from .aggregate import BadUpdateError, aggregate_round
 from .base import Algorithm, ClientContext, LocalProblem, Update
 from .eden import EDEN
 from .fedavg import FedAvg
@@ -19,10 +22,14 @@ REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedMRN, FedAvg
                                                                    FedPM, FedBAT)}
 
 
-def make_algorithm(cfg, spec: ModelSpec) -> Algorithm:
-    """Instantiate the configured algorithm (the config has already checked the name against REGISTRY)."""
-    return REGISTRY[cfg.algorithm.name](cfg, spec)
+def make_algorithm(options: Any, spec: ModelSpec, seed: int) -> Algorithm:
+    """The registered algorithm whose `Options` `options` are (each has its own class), for the model `spec` and
+    the run's root `seed`: `make_algorithm(cfg.algorithm.options, spec, cfg.seed)`."""
+    for cls in REGISTRY.values():
+        if type(options) is cls.Options:
+            return cls(options, spec, seed)
+    raise TypeError(f"{type(options).__qualname__} are the options of no registered algorithm")
 
 
 __all__ = ["Algorithm", "BadUpdateError", "ClientContext", "LocalProblem", "ModelSpec", "REGISTRY", "Update",
-           "aggregate", "aggregate_round", "make_algorithm", "model_spec"]
+           "aggregate_round", "make_algorithm", "model_spec"]

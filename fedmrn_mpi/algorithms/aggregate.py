@@ -30,12 +30,6 @@ def nonfinite(train_loss: float, tensors: dict[str, torch.Tensor]) -> str | None
     return None
 
 
-def aggregate(algo: Algorithm, messages: list[tuple[int, Message]], global_state: dict[str, torch.Tensor],
-              server_lr: float, round_: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """`aggregate_round` with `on_bad_update: abort`: just the new global state."""
-    return aggregate_round(algo, messages, global_state, server_lr, round_, device)[0]
-
-
 def aggregate_round(algo: Algorithm, messages: list[tuple[int, Message]], global_state: dict[str, torch.Tensor],
                     server_lr: float, round_: int, device: torch.device, on_bad_update: str = "abort",
                     ) -> tuple[dict[str, torch.Tensor], dict[int, str]]:

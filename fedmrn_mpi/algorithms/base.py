@@ -7,21 +7,29 @@ updates in client-id order and `server_step` turns the mean into the new global 
 `client_state_shapes` (per-client arrays kept between a client's rounds, e.g. error-feedback residuals; the
 runner keeps them by client id and hands them over in `ClientContext.state`) and `eval_state` (the model
 that is evaluated, when it is not the global state itself).
+
+Each algorithm declares its own `algorithm.*` config keys as a frozen dataclass `Options` of `option` fields;
+the config builds and validates that section from it, and the algorithm receives the instance, the model spec
+and the root seed (never the whole config, which sits in a layer above).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from .spec import ModelSpec
 
-if TYPE_CHECKING:  # the config layer sits above the algorithms (it takes their names from REGISTRY)
-    from ..config import Config
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, ge: float | None = None,
+           gt: float | None = None, lt: float | None = None) -> Any:
+    """A field of an algorithm's `Options`: its default, one line of help, and the allowed values or bounds the
+    config checks (the metadata keys of the config's own fields)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt})
 
 
 class NonFiniteUpdate(ValueError):
@@ -63,15 +71,21 @@ class Update:
 
 
 class Algorithm(ABC):
-    """Base class; subclasses set `name` and `algo_id` and implement the four methods."""
+    """Base class; subclasses set `name`, `algo_id` and `Options` and implement the four methods."""
 
     name: str = ""
     algo_id: int = 0
-    options: tuple[str, ...] = ()   # the `algorithm.*` config keys it reads (besides name/weighting/downlink)
+    # its own `algorithm.*` config keys (besides name, weighting, downlink): a frozen dataclass of `option`s
+    Options: ClassVar[type]
 
-    def __init__(self, cfg: "Config", spec: ModelSpec) -> None:
-        self.cfg = cfg
+    def __init__(self, options: Any, spec: ModelSpec, seed: int) -> None:
+        """`options`: an instance of this class's `Options`; `seed`: the run's root seed."""
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__qualname__}, not "
+                            f"{type(options).__qualname__}")
+        self.options = options
         self.spec = spec
+        self.seed = seed
 
     @abstractmethod
     def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:

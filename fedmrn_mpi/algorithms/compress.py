@@ -3,28 +3,34 @@ eden): the client trains every parameter as FedAvg does; after the last step eac
 Δ = local − global (plus the client's error-feedback residual, where enabled) goes through a per-tensor
 codec, and the unmasked tensors travel as float32 values.
 
-A codec subclass sets `name`, `algo_id`, `options` and implements `tensor_nbytes`, `encode_tensor` and
+A codec subclass sets `name`, `algo_id`, `Options` and implements `tensor_nbytes`, `encode_tensor` and
 `decode_tensor`; the payload is the masked tensors' codes in `ModelSpec.masked` order, then the unmasked
 float32 values.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from .base import Algorithm, ClientContext, LocalProblem, Update
+from .base import Algorithm, ClientContext, LocalProblem, Update, option
 from .fedavg import FedAvg
+
+
+def error_feedback_option() -> Any:
+    """The `error_feedback` option of the codecs that offer it (one key, so one default and one help text)."""
+    return option(False, "signsgd/topk: add the client's residual from its last round before compressing")
 
 
 class DeltaCompression(FedAvg):
     """FedAvg's local training, then a per-tensor codec for the masked tensors' updates."""
 
-    error_feedback_allowed = False  # subclasses that support `algorithm.error_feedback` set True
-
     @property
     def error_feedback(self) -> bool:
-        return self.error_feedback_allowed and bool(self.cfg.algorithm.error_feedback)
+        # only the codecs whose Options have the key offer error feedback
+        return bool(getattr(self.options, "error_feedback", False))
 
     # the codec -------------------------------------------------------------------------------------------
     def tensor_nbytes(self, index: int, numel: int) -> int:

@@ -53,6 +53,7 @@ in the same measurement; not done here, to stay with the reference.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -126,7 +127,10 @@ class EDEN(DeltaCompression):
 
     name = "eden"
     algo_id = 6
-    options = ()
+
+    @dataclass(frozen=True)
+    class Options:
+        """EDEN has no options of its own."""
 
     def tensor_nbytes(self, index: int, numel: int) -> int:
         sizes = block_sizes(numel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -11,6 +13,10 @@ from .base import Algorithm, ClientContext, LocalProblem, Update
 class FedAvg(Algorithm):
     name = "fedavg"
     algo_id = 1
+
+    @dataclass(frozen=True)
+    class Options:
+        """FedAvg has no options of its own."""
 
     def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:
         trainables = {n: global_state[n].detach().clone().requires_grad_(True) for n in self.spec.params}

@@ -47,12 +47,14 @@ Decisions and deviations from the reference code:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
 from ..rng.noise import make_stream, uniform01
-from .base import Algorithm, ClientContext, LocalProblem, NonFiniteUpdate, Update
+from .base import Algorithm, ClientContext, LocalProblem, NonFiniteUpdate, Update, option
 
 # Stream purposes: per-step binarisation draw (purpose, j, step), final upload draw (purpose, j).
 _STEP, _FINAL = 0, 1
@@ -128,15 +130,19 @@ class _WarmUp(torch.autograd.Function):
 class FedBAT(Algorithm):
     name = "fedbat"
     algo_id = 8
-    options = ("warmup_fraction", "rho")
 
-    @property
-    def _a(self):
-        return self.cfg.algorithm
+    @dataclass(frozen=True)
+    class Options:
+        warmup_fraction: float = option(0.5, "fedbat: share of the local steps trained at full precision",
+                                        ge=0, lt=1)
+        rho: float = option(6.0, "fedbat: learnable log-scale factor, alpha = alpha0 * exp(rho * s); 6 as in every "
+                            "released FedBAT run")
+
+    options: Options
 
     def in_warmup(self, step: int, total_steps: int) -> bool:
         """Whether local step `step` (1-based) trains at full precision: step <= φ·T, as the reference."""
-        return step <= self._a.warmup_fraction * total_steps
+        return step <= self.options.warmup_fraction * total_steps
 
     def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:
         trainables: dict[str, torch.Tensor] = {}
@@ -160,7 +166,7 @@ class FedBAT(Algorithm):
 
     def alpha(self, problem: LocalProblem, name: str) -> torch.Tensor:
         """The current α of masked tensor `name` (a differentiable function of its s); needs the switch."""
-        return scale(problem.extra["alpha0"][name], problem.trainables[log_scale_key(name)], self._a.rho)
+        return scale(problem.extra["alpha0"][name], problem.trainables[log_scale_key(name)], self.options.rho)
 
     def materialize(self, problem: LocalProblem, step: int, ctx: ClientContext) -> dict[str, torch.Tensor]:
         params = {n: t for n, t in problem.trainables.items() if not n.startswith(_S_PREFIX)}

@@ -16,26 +16,37 @@ picks: "auto" (kernels on CUDA), "triton" (always), "reference" (never).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
-from ..rng.noise import make_stream, noise, uniform01, use_triton
-from .base import Algorithm, ClientContext, LocalProblem, Update
+from ..rng.noise import NOISE_KINDS, make_stream, noise, uniform01, use_triton
+from .base import Algorithm, ClientContext, LocalProblem, Update, option
 
 # Stream purposes: one independent stream per (purpose, tensor index, step).
 _NOISE, _HARD, _SELECT, _FINAL = 0, 1, 2, 3
 
+# The values of `algorithm.mask`: m in {0,1} or {-1,+1}.
+BINARY, SIGNED = "binary", "signed"
+MASKS: tuple[str, ...] = (BINARY, SIGNED)
+# The values of `algorithm.training`: progressive stochastic masking, always hard, soft then one draw, dense
+# update masked after training (see `hard_share` and `FedMRN.sample_delta`).
+PSM, SM, DETERMINISTIC, POST = "psm", "sm", "deterministic", "post"
+TRAININGS: tuple[str, ...] = (PSM, SM, DETERMINISTIC, POST)
+# docs/design.md#the-method: one absolute sigma for all layers, depending on the mask kind.
+DEFAULT_SIGMA: dict[str, float] = {BINARY: 0.01, SIGNED: 0.005}
+
 
 def clipped_ratio(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
     """clip(u/n, 0, 1) for binary masks, clip(u/n, -1, 1) for signed: both q and the soft value follow from it."""
-    return (u / n).clamp_(0.0 if mask == "binary" else -1.0, 1.0)
+    return (u / n).clamp_(0.0 if mask == BINARY else -1.0, 1.0)
 
 
 def probability_from_ratio(c: torch.Tensor, mask: str) -> torch.Tensor:
     """q from the clipped ratio: c itself (binary), (c + 1) / 2 (signed; equals clip((u/n + 1) / 2, 0, 1))."""
-    return c if mask == "binary" else (c + 1.0).mul_(0.5)
+    return c if mask == BINARY else (c + 1.0).mul_(0.5)
 
 
 def mask_probability(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
@@ -50,16 +61,16 @@ def soft_value(u: torch.Tensor, n: torch.Tensor, mask: str) -> torch.Tensor:
 
 def masked_noise(n: torch.Tensor, bits: torch.Tensor, mask: str) -> torch.Tensor:
     """Δ = n ⊙ m with m ∈ {0,1} (binary) or m ∈ {-1,+1} (signed, bit 1 = +1)."""
-    if mask == "binary":
+    if mask == BINARY:
         return torch.where(bits, n, torch.zeros((), dtype=n.dtype, device=n.device))
     return torch.where(bits, n, -n)
 
 
 def hard_share(step: int, total_steps: int, training: str) -> float:
     """Probability p that an element uses the hard sample at local step `step` (1-based)."""
-    if training == "psm":
+    if training == PSM:
         return step / total_steps
-    if training == "sm":
+    if training == SM:
         return 1.0
     return 0.0
 
@@ -67,19 +78,30 @@ def hard_share(step: int, total_steps: int, training: str) -> float:
 class FedMRN(Algorithm):
     name = "fedmrn"
     algo_id = 2
-    options = ("mask", "noise", "sigma", "training")
+
+    @dataclass(frozen=True)
+    class Options:
+        mask: str = option(BINARY, "FedMRN mask values: {0,1} or {-1,+1}", choices=MASKS)
+        noise: str = option("uniform", "distribution of the random noise", choices=NOISE_KINDS)
+        sigma: float | None = option(None, f"noise scale; null = {DEFAULT_SIGMA[BINARY]} for binary, "
+                                     f"{DEFAULT_SIGMA[SIGNED]} for signed masks", gt=0)
+        training: str = option(PSM, "FedMRN mask training: progressive / always hard / soft then one draw / "
+                               "dense update masked after training", choices=TRAININGS)
+
+        @property
+        def effective_sigma(self) -> float:
+            """`sigma`, or the paper default for this mask kind when unset."""
+            return self.sigma if self.sigma is not None else DEFAULT_SIGMA[self.mask]
+
+    options: Options
 
     # Which codec implementation runs: None follows fedmrn_mpi.rng.noise.KERNELS ("auto": the Triton kernels
     # for CUDA tensors); "triton" or "reference" force one (tests, benchmarks).
     kernels: str | None = None
 
-    @property
-    def _a(self):
-        return self.cfg.algorithm
-
     def noise_for(self, seed: int, index: int, name: str, device: torch.device) -> torch.Tensor:
-        return noise(seed, make_stream(_NOISE, index), self.spec.shapes[name], self._a.noise,
-                     self._a.effective_sigma, device, impl=self.kernels)
+        return noise(seed, make_stream(_NOISE, index), self.spec.shapes[name], self.options.noise,
+                     self.options.effective_sigma, device, impl=self.kernels)
 
     def _fused(self, device: torch.device) -> bool:
         """Whether the codec runs the fused kernels for tensors on `device`."""
@@ -88,7 +110,7 @@ class FedMRN(Algorithm):
     def _kernel_noise(self, n: torch.Tensor) -> torch.Tensor | None:
         # Kernels regenerate uniform/rademacher noise (cheaper than reading it); gaussian's float64 log/cos
         # cost more than reading the stored noise, which the client computed with the same code.
-        return n if self._a.noise == "gaussian" else None
+        return n if self.options.noise == "gaussian" else None
 
     def begin(self, global_state: dict[str, torch.Tensor], ctx: ClientContext) -> LocalProblem:
         masked = self.spec.masked
@@ -106,10 +128,10 @@ class FedMRN(Algorithm):
 
     def sample_delta(self, u: torch.Tensor, n: torch.Tensor, index: int, step: int, ctx: ClientContext) -> torch.Tensor:
         """Δ at one local step: each element hard with probability p = hard_share, soft otherwise."""
-        if self._a.training == "post":  # ablation: the dense update itself; masked only after the last step
+        if self.options.training == POST:  # ablation: the dense update itself; masked only after the last step
             return u.detach().clone()
-        mask = self._a.mask
-        p = hard_share(step, ctx.total_steps, self._a.training)
+        mask = self.options.mask
+        p = hard_share(step, ctx.total_steps, self.options.training)
         c = clipped_ratio(u, n, mask)  # one division per step serves both q and the soft value
         soft = c * n
         if p <= 0.0:
@@ -127,14 +149,14 @@ class FedMRN(Algorithm):
                     ctx: ClientContext) -> torch.Tensor:
         """The straight-through base `(w + Δ) - u` of one local step (no gradient), Δ from `sample_delta`: one
         fused kernel per tensor on the kernel path, the eager ops otherwise (the same bits either way)."""
-        if self._a.training != "post" and self._fused(u.device):
+        if self.options.training != POST and self._fused(u.device):
             from . import fedmrn_kernels as fk
-            a = self._a
+            a = self.options
             return fk.sample_base(u, w, self._kernel_noise(n), noise_seed=ctx.noise_seed,
                                   noise_stream=make_stream(_NOISE, index), kind=a.noise, sigma=a.effective_sigma,
                                   draw_seed=ctx.draw_seed, hard_stream=make_stream(_HARD, index, step),
                                   select_stream=make_stream(_SELECT, index, step),
-                                  p=hard_share(step, ctx.total_steps, a.training), signed=a.mask == "signed")
+                                  p=hard_share(step, ctx.total_steps, a.training), signed=a.mask == SIGNED)
         return w + self.sample_delta(u, n, index, step, ctx) - u
 
     def materialize(self, problem: LocalProblem, step: int, ctx: ClientContext) -> dict[str, torch.Tensor]:
@@ -151,10 +173,10 @@ class FedMRN(Algorithm):
     def _final_pack(self, out: torch.Tensor, bit_off: int, index: int, u: torch.Tensor, n: torch.Tensor,
                     ctx: ClientContext) -> None:
         from . import fedmrn_kernels as fk
-        a = self._a
+        a = self.options
         fk.final_pack(out, bit_off, u, self._kernel_noise(n), noise_seed=ctx.noise_seed,
                       noise_stream=make_stream(_NOISE, index), kind=a.noise, sigma=a.effective_sigma,
-                      draw_seed=ctx.draw_seed, final_stream=make_stream(_FINAL, index), signed=a.mask == "signed")
+                      draw_seed=ctx.draw_seed, final_stream=make_stream(_FINAL, index), signed=a.mask == SIGNED)
 
     def final_bits(self, problem: LocalProblem, ctx: ClientContext) -> dict[str, torch.Tensor]:
         """The fresh final draw m ~ Bernoulli(q), one bool tensor per masked tensor."""
@@ -167,7 +189,7 @@ class FedMRN(Algorithm):
                     self._final_pack(packed, 0, j, u, n, ctx)
                     out[name] = unpack_bits(packed, u.numel(), impl=self.kernels).view(u.shape)
                     continue
-                q = mask_probability(u, n, self._a.mask)
+                q = mask_probability(u, n, self.options.mask)
                 out[name] = uniform01(ctx.draw_seed, make_stream(_FINAL, j), u.shape, u.device, impl=self.kernels) < q
         return out
 
@@ -185,7 +207,7 @@ class FedMRN(Algorithm):
             packed = packed_t.cpu().numpy()
         else:
             bits = self.final_bits(problem, ctx)
-            problem.extra["final_delta"] = {n: masked_noise(problem.extra["noise"][n], b, self._a.mask)
+            problem.extra["final_delta"] = {n: masked_noise(problem.extra["noise"][n], b, self.options.mask)
                                             for n, b in bits.items()}
             packed = pack_bits(torch.cat([b.reshape(-1) for b in bits.values()]), impl=self.kernels).cpu().numpy()
         state = {**problem.trainables, **problem.buffers}
@@ -211,7 +233,7 @@ class FedMRN(Algorithm):
             for j, name in enumerate(self.spec.masked):
                 k = self.spec.numel(name)
                 m = bits[off: off + k].reshape(self.spec.shapes[name])
-                deltas[name] = masked_noise(self.noise_for(seed, j, name, device), m, self._a.mask)
+                deltas[name] = masked_noise(self.noise_for(seed, j, name, device), m, self.options.mask)
                 off += k
         values = self._read_floats(payload, self.spec.unmasked, nb, device)
         more, buffers = self._values_to_update(values, global_state)
@@ -222,7 +244,7 @@ class FedMRN(Algorithm):
         """Σ_k a_k Δ_k per masked tensor from K clients' packed fields (uint8 [K, bytes] on the device), their
         noise seeds and float32 weights, in row order: the fused `mask_sum` kernel, one launch per tensor."""
         from . import fedmrn_kernels as fk
-        a = self._a
+        a = self.options
         keys = torch.from_numpy(np.stack([fk.mask_sum_keys(seeds, make_stream(_NOISE, j), a.noise)
                                           for j in range(len(self.spec.masked))])).to(packed.device)
         out: dict[str, torch.Tensor] = {}
@@ -230,7 +252,7 @@ class FedMRN(Algorithm):
         for j, name in enumerate(self.spec.masked):
             k = self.spec.numel(name)
             out[name] = fk.mask_sum(packed, off, k, keys[j], weights, kind=a.noise, sigma=a.effective_sigma,
-                                    signed=a.mask == "signed").view(self.spec.shapes[name])
+                                    signed=a.mask == SIGNED).view(self.spec.shapes[name])
             off += k
         return out
 
@@ -297,7 +319,7 @@ class _FinalDeltas(Mapping):
             for name in spec.masked:
                 k = spec.numel(name)
                 m = bits[off: off + k].reshape(spec.shapes[name])
-                self._cache[name] = masked_noise(self._noises[name], m, algo._a.mask)
+                self._cache[name] = masked_noise(self._noises[name], m, algo.options.mask)
                 off += k
         return self._cache
 

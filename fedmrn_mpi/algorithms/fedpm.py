@@ -3,9 +3,10 @@
 
 Every masked tensor `j` (Conv/Linear weight, `ModelSpec.masked` order) has frozen weights `w_j = ±c_j`,
 `c_j = e·√(1/fan_in)` (the reference's signed-constant "ME_init", `fan_in = numel / out_channels`), signs from
-`rademacher(derive_seed(cfg.seed, "fedpm-weights"), make_stream(_WEIGHTS, j))`: every rank builds the same
-network without communication. The global state holds, in place of those weights, the *scores* `s` (logits of
-the keep probabilities `θ = sigmoid(s)`); unmasked tensors (BN affine and statistics) are handled as in FedMRN.
+`rademacher(derive_seed(seed, "fedpm-weights"), make_stream(_WEIGHTS, j))` (`seed`: the root seed): every rank
+builds the same network without communication. The global state holds, in place of those weights, the *scores*
+`s` (logits of the keep probabilities `θ = sigmoid(s)`); unmasked tensors (BN affine and statistics) are handled
+as in FedMRN.
 
 Client: trainables are the scores and the unmasked parameters. Each local step draws a fresh mask
 `m = [U < θ]` (`U` = uniform01(draw_seed, make_stream(_TRAIN, j, step))) and uses `w ⊙ m`; the gradient is the
@@ -23,7 +24,7 @@ Payload: `pack_bits` of the upload masks of all masked tensors concatenated in `
 state-dict order as float32 (`4 · num_unmasked` bytes); the header seed is not used.
 
 Evaluation (`eval_state`) uses `w ⊙ m` with one mask `m ~ Bernoulli(θ)` per round from
-`derive_seed(cfg.seed, "fedpm-eval", round)`.
+`derive_seed(seed, "fedpm-eval", round)`.
 
 Deviations from the reference code (docs/baselines.md §5), each forced by this project's interface or model:
 - Optimiser: Adam on the scores with `cfg.lr` (the reference's 0.1 in configs/compare) as in the reference, but
@@ -45,6 +46,7 @@ Deviations from the reference code (docs/baselines.md §5), each forced by this 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,6 +55,7 @@ from ..rng.bits import pack_bits, packed_nbytes, unpack_bits
 from ..rng.noise import make_stream, noise, uniform01
 from ..rng.seeds import derive_seed
 from .base import Algorithm, ClientContext, LocalProblem, Update
+from .spec import ModelSpec
 
 # Stream purposes; the weight and eval streams use their own seeds, but distinct purposes keep them apart anyway.
 _WEIGHTS, _TRAIN, _UPLOAD, _EVAL = 0, 1, 2, 3
@@ -112,17 +115,20 @@ def logit(theta: torch.Tensor) -> torch.Tensor:
 class FedPM(Algorithm):
     name = "fedpm"
     algo_id = 7
-    options: tuple[str, ...] = ()
     weighted = False   # the reference's posterior counts every client once
+
+    @dataclass(frozen=True)
+    class Options:
+        """FedPM has no options of its own."""
 
     def uses_adam(self, name: str) -> bool:
         """The scores take Adam steps, as in the reference (plain SGD barely moves them: their gradient carries
         θ²(1−θ)·c); the unmasked parameters take the shared loop's SGD steps."""
         return name in self.spec.masked
 
-    def __init__(self, cfg, spec) -> None:
-        super().__init__(cfg, spec)
-        self._weights_seed = derive_seed(cfg.seed, "fedpm-weights")
+    def __init__(self, options: Options, spec: ModelSpec, seed: int) -> None:
+        super().__init__(options, spec, seed)
+        self._weights_seed = derive_seed(seed, "fedpm-weights")
         self._frozen: dict[str, dict[str, torch.Tensor]] = {}
 
     # the frozen random network ---------------------------------------------------------------------------
@@ -211,7 +217,7 @@ class FedPM(Algorithm):
 
     def eval_state(self, global_state: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
         """w ⊙ m with one mask m ~ Bernoulli(sigmoid(s)) drawn for round `round_`; unmasked tensors as they are."""
-        seed = derive_seed(self.cfg.seed, "fedpm-eval", round_)
+        seed = derive_seed(self.seed, "fedpm-eval", round_)
         out = dict(global_state)
         with torch.no_grad():
             for j, name in enumerate(self.spec.masked):

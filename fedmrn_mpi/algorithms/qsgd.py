@@ -58,6 +58,7 @@ after it, non-zero padding; elias.decode_stream). A norm that is NaN/inf is a di
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -65,11 +66,15 @@ import torch
 from ..rng.bits import check_padding, pack_planes, packed_nbytes, unpack_planes
 from ..rng.noise import make_stream, uniform01
 from . import elias
-from .base import ClientContext, LocalProblem, NonFiniteUpdate, Update
+from .base import ClientContext, LocalProblem, NonFiniteUpdate, Update, option
 from .compress import DeltaCompression
 
 # Stream purposes of this algorithm (one stream per purpose and masked-tensor index).
 _ROUNDING = 0
+
+# the values of `algorithm.coding`
+ELIAS, FIXED = "elias", "fixed"
+CODINGS: tuple[str, ...] = (ELIAS, FIXED)
 
 
 def level_bits(levels: int) -> int:
@@ -96,24 +101,33 @@ class QSGD(DeltaCompression):
 
     name = "qsgd"
     algo_id = 4
-    options = ("levels", "bucket_size", "coding")
+
+    @dataclass(frozen=True)
+    class Options:
+        levels: int = option(1, "qsgd: quantisation levels per sign", ge=1, lt=2**15)
+        bucket_size: int = option(512, "qsgd: consecutive entries of a masked tensor that share one norm (the last "
+                                  "bucket shorter); 0 = one bucket per tensor", ge=0, lt=2**31)
+        coding: str = option(ELIAS, "qsgd: Elias-coded gaps, signs and levels of the non-zero entries (the paper's, "
+                             "variable size) or a fixed-width sign and level per entry", choices=CODINGS)
+
+    options: Options
 
     @property
     def levels(self) -> int:
-        return int(self.cfg.algorithm.levels)
+        return self.options.levels
 
     @property
     def coding(self) -> str:
-        return str(self.cfg.algorithm.coding)
+        return self.options.coding
 
     @property
     def variable_payload(self) -> bool:  # type: ignore[override]
-        return self.coding == "elias"
+        return self.coding == ELIAS
 
     # buckets ---------------------------------------------------------------------------------------------
     def bucket_len(self, numel: int) -> int:
         """B for a tensor of `numel` entries (bucket_size, or the whole tensor when 0)."""
-        b = int(self.cfg.algorithm.bucket_size)
+        b = self.options.bucket_size
         return max(1, int(numel)) if b == 0 else b
 
     def num_buckets(self, numel: int) -> int:
@@ -177,14 +191,14 @@ class QSGD(DeltaCompression):
     def tensor_nbytes(self, index: int, numel: int) -> int:
         """fixed: the exact code size of a tensor; elias: the bound of a tensor coded on its own."""
         nb = self.num_buckets(numel)
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             return packed_nbytes(self.entry_bits() * numel) + 4 * nb
         return 4 * nb + -(-elias.stream_bound_bits(numel, self.levels) // 8)
 
     def encode_tensor(self, delta: torch.Tensor, index: int, ctx: ClientContext) -> tuple[np.ndarray, torch.Tensor]:
         negative, level, norms = self.quantize(delta, index, ctx.draw_seed)
         decoded = self._decoded(negative, level, norms, delta.shape)
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             word = negative.to(torch.int64) | (level << 1)
             code = np.concatenate([pack_planes(word, self.entry_bits()).cpu().numpy(),
                                    norms.astype("<f4").view(np.uint8)])
@@ -196,7 +210,7 @@ class QSGD(DeltaCompression):
                       device: torch.device) -> torch.Tensor:
         name, s = self.spec.masked[index], self.levels
         d = int(np.prod(shape, dtype=np.int64))
-        if self.coding == "elias":
+        if self.coding == ELIAS:
             nbound = self.tensor_nbytes(index, d)
             if code.size > nbound:
                 raise ValueError(f"qsgd code of {name} is {code.size} bytes, expected at most {nbound}")
@@ -280,7 +294,7 @@ class QSGD(DeltaCompression):
     # the interface ---------------------------------------------------------------------------------------
     def payload_nbytes(self) -> int:
         """fixed: the exact size; elias: the proven bound (module docstring), which `decode` enforces."""
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             return super().payload_nbytes()
         D = self.spec.num_masked
         return (4 * self.total_buckets + -(-elias.stream_bound_bits(D, self.levels) // 8)
@@ -288,13 +302,13 @@ class QSGD(DeltaCompression):
 
     def min_payload_nbytes(self) -> int:
         """The smallest well-formed payload (no non-zero entry: the end code alone)."""
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             return self.payload_nbytes()
         D = self.spec.num_masked
         return 4 * self.total_buckets + math.ceil(elias.omega_length(D + 1) / 8) + 4 * self.spec.num_unmasked
 
     def encode(self, problem: LocalProblem, ctx: ClientContext) -> np.ndarray:
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             return super().encode(problem, ctx)
         levels, negatives, norms = [], [], []
         with torch.no_grad():
@@ -310,7 +324,7 @@ class QSGD(DeltaCompression):
 
     def decode(self, payload: memoryview, seed: int, global_state: dict[str, torch.Tensor],
                device: torch.device) -> Update:
-        if self.coding == "fixed":
+        if self.coding == FIXED:
             return super().decode(payload, seed, global_state, device)
         n, hi, lo = payload.nbytes, self.payload_nbytes(), self.min_payload_nbytes()
         if not lo <= n <= hi:

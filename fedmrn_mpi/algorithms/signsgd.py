@@ -21,12 +21,14 @@ negative, and non-zero padding bits. A client whose update is not finite therefo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..rng.bits import check_padding, pack_bits, packed_nbytes, unpack_bits
 from .base import ClientContext, NonFiniteUpdate
-from .compress import DeltaCompression
+from .compress import DeltaCompression, error_feedback_option
 
 
 def sign_values(bits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -40,8 +42,12 @@ class SignSGD(DeltaCompression):
 
     name = "signsgd"
     algo_id = 3
-    options = ("error_feedback",)
-    error_feedback_allowed = True
+
+    @dataclass(frozen=True)
+    class Options:
+        error_feedback: bool = error_feedback_option()
+
+    options: Options
 
     def tensor_nbytes(self, index: int, numel: int) -> int:
         return packed_nbytes(numel) + 4

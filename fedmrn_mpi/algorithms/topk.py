@@ -37,14 +37,15 @@ popcount is not `k`, non-zero padding bits and non-finite values.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import torch
 
 from ..rng.bits import check_padding, pack_bits, pack_planes, packed_nbytes, unpack_bits, unpack_planes
-from .base import ClientContext, NonFiniteUpdate
-from .compress import DeltaCompression
+from .base import ClientContext, NonFiniteUpdate, option
+from .compress import DeltaCompression, error_feedback_option
 
 
 def topk_count(fraction: float, numel: int) -> int:
@@ -83,12 +84,17 @@ class TopK(DeltaCompression):
 
     name = "topk"
     algo_id = 5
-    options = ("fraction", "error_feedback")
-    error_feedback_allowed = True
+
+    @dataclass(frozen=True)
+    class Options:
+        fraction: float = option(0.01, "topk: share of each tensor's entries sent", gt=0, lt=1)
+        error_feedback: bool = error_feedback_option()
+
+    options: Options
 
     def plan(self, numel: int) -> tuple[int, bool, int]:
         """(k, bitmap?, bytes of the index field) for a tensor of `numel` entries."""
-        k = topk_count(self.cfg.algorithm.fraction, numel)
+        k = topk_count(self.options.fraction, numel)
         bitmap = uses_bitmap(numel, k)
         return k, bitmap, packed_nbytes(numel if bitmap else k * index_bits(numel))
 

@@ -39,8 +39,8 @@ _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOC
 POLL_SECONDS = 0.002
 CHUNK_LIMIT = 2**31 - 1
 ABORT_GRACE_SECONDS = 1.0
-TAG_URGENT = 7707  # point-to-point note from a client rank to rank 0, outside every collective
-TAG_PROGRESS = 7708  # a client rank's progress note (int64 values) to rank 0, outside every collective
+TAG_SECOND_STOP_NOTE = 7707  # a client rank got a second stop signal: it tells rank 0 (point-to-point, outside every collective)
+TAG_PROGRESS_NOTE = 7708  # a client rank's progress note (int64 values) to rank 0, outside every collective
 # uplink/downlink: the federated traffic; control: the protocol's own; state: per-client algorithm state that a
 # simulation moves to whichever rank trains the client (real clients would keep it at home)
 CHANNELS = ("uplink", "downlink", "control", "state")
@@ -137,14 +137,14 @@ class Transport:
         """Send rank 0 an out-of-band note carrying this rank's number (seen by `server_notified`)."""
         if self.size > 1 and not self.is_server:
             note = np.array([self.rank], dtype=np.int64)
-            self._note = (note, self.comm.Isend(note, dest=0, tag=TAG_URGENT))
+            self._note = (note, self.comm.Isend(note, dest=0, tag=TAG_SECOND_STOP_NOTE))
 
     def server_notified(self) -> int | None:
         """Rank 0: the rank that sent a note, if one is pending (the note is consumed)."""
-        if self.size == 1 or not self.is_server or not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_URGENT):
+        if self.size == 1 or not self.is_server or not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_SECOND_STOP_NOTE):
             return None
         note = np.empty(1, dtype=np.int64)
-        self.comm.Recv(note, source=MPI.ANY_SOURCE, tag=TAG_URGENT)
+        self.comm.Recv(note, source=MPI.ANY_SOURCE, tag=TAG_SECOND_STOP_NOTE)
         return int(note[0])
 
     def note_progress(self, values: np.ndarray) -> None:
@@ -153,7 +153,7 @@ class Transport:
             return
         pending = [(buf, req) for buf, req in getattr(self, "_progress", []) if not req.Test()]
         buf = np.ascontiguousarray(values, dtype=np.int64)
-        self._progress = pending + [(buf, self.comm.Isend(buf, dest=0, tag=TAG_PROGRESS))]
+        self._progress = pending + [(buf, self.comm.Isend(buf, dest=0, tag=TAG_PROGRESS_NOTE))]
 
     def progress_notes(self, width: int = 2) -> list[tuple[int, np.ndarray]]:
         """Rank 0: every pending progress note of `width` int64 values, as (sender rank, values), in arrival
@@ -162,9 +162,9 @@ class Transport:
         if self.size == 1 or not self.is_server:
             return out
         status = MPI.Status()
-        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_PROGRESS, status=status):
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_PROGRESS_NOTE, status=status):
             note = np.empty(width, dtype=np.int64)
-            self.comm.Recv(note, source=status.Get_source(), tag=TAG_PROGRESS)
+            self.comm.Recv(note, source=status.Get_source(), tag=TAG_PROGRESS_NOTE)
             out.append((status.Get_source(), note))
         return out
 

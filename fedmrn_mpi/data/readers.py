@@ -117,10 +117,6 @@ class Dataset:
         images pass through."""
         return normalize_images(images, *self.normalization(split))
 
-    def normalize_test(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`normalize` with the test split's constants."""
-        return self.normalize(images, "test")
-
     @property
     def x_train(self) -> torch.Tensor:
         return self.normalize(self.images_train, "train")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..results import PHASES, Run, format_bytes
-from .partition import partition_file_names, partition_summary
+from .partition_display import partition_file_names, partition_summary
 from .scaling import ScalingGroup, scaling_groups
 from .seeds import SeedGroup, SeedGrouping, seed_groups
 from .table import display_names

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..results import Run, format_bytes
-from .partition import partition_summary
+from .partition_display import partition_summary
 from .scaling import ScalingGroup
 from .seeds import SeedGrouping, Stat, rounds_to_target
 
@@ -93,11 +93,11 @@ def partition_table(runs: Sequence[Run]) -> str:
     records its partition."""
     rows = [partition_row(r, n) for r, n in zip(runs, display_names(runs))]
     if all(row[1] == "--" for row in rows):
-        return "Partition: not recorded in these files (partition/sizes, partition/label_counts are newer)."
+        return "Partition: not recorded in these files (no partition/sizes or partition/label_counts)."
     notes = ["min, median, max: samples per client.  classes/client: classes with at least one sample, mean over "
              "clients."]
     if any(row[1] == "--" for row in rows):
-        notes.append("--: not recorded in the file (older versions).")
+        notes.append("--: not recorded in the file.")
     return ("Partition: the clients' training data.\n" + render_table(PARTITION_HEADERS, rows, left=(0,))
             + "\n" + "\n".join(notes))
 

@@ -13,17 +13,12 @@ import h5py
 import numpy as np
 import yaml
 
-from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES,
-                     PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES, PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS,
-                     ROUND_FIELDS, ROUNDS, TOTAL_SECONDS, UNKNOWN, WORLD_SIZE)
-from .writer import HDF5_SIGNATURE, ROWS_WRITTEN, open_for_reading
-
-# the per-round series a Run holds; the writer appends them one after another, so a reader of a live file
-# can briefly see them at different lengths, and a killed writer leave them so (all are cut to the shortest,
-# and to the rows the writer marked complete: writer.py, `rounds_written`)
-_SERIES = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "wall_seconds",
-           "control_bytes")
-
+from .schema import (ALGORITHM, CLIENTS, CONFIG_YAML, FINAL_MODEL_SHA256, FORMAT_1_0, FORMAT_1_0_DATASETS,
+                     FORMAT_VERSION_ATTR, NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES, PARTITION, PARTITION_LABEL_COUNTS,
+                     PARTITION_SIZES, PHASE_SECONDS, PHASES, PHASES_ATTR, RANKS, ROUND, ROUND_FIELDS, ROUNDS,
+                     TOTAL_SECONDS, UNKNOWN, UNVERSIONED, WORLD_SIZE, FormatVersion, parse_format_version,
+                     version_problem, version_text)
+from .writer import HDF5_SIGNATURE, completed_rows, open_for_reading
 
 
 class ResultsFileError(Exception):
@@ -57,12 +52,13 @@ class Run:
     client_uplink_bytes: np.ndarray | None  # rounds x clients_per_round: each upload message, header included
     clients_per_round: int | None
     num_values: int | None  # masked params + unmasked values: every value of the model state
-    control_bytes: np.ndarray | None = None  # None for files older than the field; NOT_RECORDED per missing row
+    control_bytes: np.ndarray | None = None  # None where an unversioned file lacks it; NOT_RECORDED per missing row
     # the partition (int64): samples per client, and per client and class; None where the file lacks the dataset
-    # (older versions) or holds one of the wrong shape (label_counts also where its rows do not match sizes)
+    # or holds one of the wrong shape (label_counts also where its rows do not match sizes)
     partition_sizes: np.ndarray | None = None  # num_clients
     label_counts: np.ndarray | None = None     # num_clients x num_classes
     attrs: dict[str, Any] = field(default_factory=dict)
+    format_version: FormatVersion = UNVERSIONED  # results/schema.py
 
     @property
     def name(self) -> str:
@@ -246,6 +242,23 @@ def _partition(f: h5py.File) -> tuple[np.ndarray | None, np.ndarray | None]:
     return sizes, counts
 
 
+def _format_version(p: Path, f: h5py.File) -> FormatVersion:
+    """The file's format version (schema.py); a newer major version, or a versioned file without a dataset its
+    version has, is a ResultsFileError."""
+    value = f.attrs.get(FORMAT_VERSION_ATTR)
+    problem = version_problem(value)
+    if problem:
+        raise ResultsFileError(f"{p}: {problem}")
+    version = parse_format_version(value)
+    assert version is not None  # version_problem said it parses
+    if version >= FORMAT_1_0:
+        missing = [name for name in FORMAT_1_0_DATASETS if name not in f]
+        if missing:
+            raise ResultsFileError(f"{p}: damaged results file (format {version_text(version)} without "
+                                   f"{', '.join(missing)})")
+    return version
+
+
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Read one results file (finished or still being written). Raises ResultsFileError naming the file."""
     try:
@@ -270,21 +283,20 @@ def _load_run(path: str | os.PathLike[str]) -> Run:
         raise ResultsFileError(f"{p}: not an HDF5 file")
     mtime = p.stat().st_mtime
     with _open(p) as f:
-        if f"{ROUNDS}/round" not in f:
-            raise ResultsFileError(f"{p}: not a fedmrn_mpi results file (no {ROUNDS}/round dataset)")
+        if f"{ROUNDS}/{ROUND}" not in f:
+            raise ResultsFileError(f"{p}: not a fedmrn_mpi results file (no {ROUNDS}/{ROUND} dataset)")
         attrs = {k: f.attrs[k] for k in f.attrs}
+        version = _format_version(p, f)
+        n = completed_rows(f)  # the rows the writer completed; a live file's datasets only grow past them
         g = f[ROUNDS]
-        series = {k: _read(g[k]) for k in _SERIES if k in g}
+        series = {k: _read(g[k])[:n] for k in ROUND_FIELDS if k in g}
         if PHASE_SECONDS in g:
-            ph = _read(g[PHASE_SECONDS])
+            ph = _read(g[PHASE_SECONDS])[:n]
             phases = [attr_text(x) for x in g[PHASE_SECONDS].attrs.get(PHASES_ATTR, PHASES)]
         else:
             ph, phases = None, list(PHASES)
         cub_path = f"{CLIENTS}/uplink_bytes"
-        cub = _read(f[cub_path]) if cub_path in f else None
-        n = min(len(a) for a in [*series.values(), *(x for x in (ph, cub) if x is not None)])
-        if ROWS_WRITTEN in f.attrs:  # rows complete on disk (a killed or failed write may leave part of one)
-            n = min(n, int(f.attrs[ROWS_WRITTEN]))
+        cub = _read(f[cub_path])[:n] if cub_path in f else None
         world = _attr_int(f.attrs, WORLD_SIZE)
         if world is None and f"{RANKS}/{PHASE_SECONDS}" in f:
             world = int(f[f"{RANKS}/{PHASE_SECONDS}"].shape[1])
@@ -293,9 +305,9 @@ def _load_run(path: str | os.PathLike[str]) -> Run:
     def col(key: str) -> np.ndarray:
         dtype = ROUND_FIELDS[key]
         v = series.get(key)
-        if v is None:  # optional in older files: NaN for measurements, 0 for counts
+        if v is None:  # an unversioned file without it (_format_version): NaN for measurements, 0 for counts
             return np.full(n, np.nan) if np.dtype(dtype).kind == "f" else np.zeros(n, dtype=dtype)
-        return np.asarray(v[:n], dtype=dtype)
+        return np.asarray(v, dtype=dtype)
 
     cfg_text = attr_text(attrs.get(CONFIG_YAML, ""))
     cfg = _config(cfg_text)
@@ -314,12 +326,12 @@ def _load_run(path: str | os.PathLike[str]) -> Run:
         rounds=col("round"), test_accuracy=col("test_accuracy"), test_loss=col("test_loss"),
         train_loss=col("train_loss"), uplink_bytes=col("uplink_bytes"), downlink_bytes=col("downlink_bytes"),
         wall_seconds=col("wall_seconds"),
-        phase_seconds=np.zeros((n, len(phases))) if ph is None else np.asarray(ph[:n], dtype=np.float64),
-        phases=phases, client_uplink_bytes=None if cub is None else np.asarray(cub[:n], dtype=np.int64),
+        phase_seconds=np.zeros((n, len(phases))) if ph is None else np.asarray(ph, dtype=np.float64),
+        phases=phases, client_uplink_bytes=None if cub is None else np.asarray(cub, dtype=np.int64),
         clients_per_round=int(cpr) if isinstance(cpr, (int, np.integer)) else None,
         num_values=int(masked) + int(unmasked) if masked is not None and unmasked is not None else None,
         control_bytes=col("control_bytes") if "control_bytes" in series else None,
-        partition_sizes=partition_sizes, label_counts=label_counts, attrs=attrs,
+        partition_sizes=partition_sizes, label_counts=label_counts, attrs=attrs, format_version=version,
     )
 
 

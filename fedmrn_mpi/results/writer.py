@@ -13,10 +13,10 @@ A killed writer or a failed write (full disk) leaves a file that still reads bac
   an unflushed row to disk (cache evictions, a flush that fails half-way), so after a kill or a failed write the
   datasets may differ in length, or one may be longer than its data. The root attribute `rounds_written`
   (ROWS_WRITTEN) counts complete rows: it is set only after the row's flush returned, then flushed itself.
-  `completed_rows` = min(`rounds_written`, the length of every rounds/ and clients/ dataset); files of older
-  versions lack the attribute and count the shortest of those datasets (ranks/ ones are left out: a row may
-  lack the optional RANK_FIELDS, whose datasets then stay shorter). The reader, `status`, `report` and
-  --resume all use it.
+  `completed_rows` = min(`rounds_written`, the length of every rounds/ and clients/ dataset); an unversioned
+  file may lack the attribute and counts the shortest of those datasets (ranks/ ones are left out: a row may
+  lack the optional RANK_FIELDS, whose datasets then stay shorter). The reader, `status`, `report` and --resume
+  all use it.
 - `reopen` (--resume) rebuilds the file from the first `rows` rows as a SWMR reader sees them, so the file of a
   killed writer continues too, and whatever a killed or failed write left after those rows is dropped.
 - A write that fails raises `WriteError` naming the file (one line); the temp file of a failed step is removed.
@@ -38,13 +38,10 @@ import numpy as np
 
 from .digest import state_sha256
 from .errors import WriteError, describe_write_failure, fsync_path
-from .schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, CLIENTS, FINAL_MODEL_SHA256, MODEL, NOT_RECORDED,
-                     PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANK_PHASE_ROW, RANK_ROW_PREFIX, RANKS,
-                     ROUND_FIELDS, ROUNDS, WORLD_SIZE, WORLD_SIZES)
+from .schema import (CLIENT_FIELDS, CLIENTS, FINAL_MODEL_SHA256, FORMAT_VERSION, FORMAT_VERSION_ATTR, MODEL,
+                     NOT_RECORDED, PER_ROUND_GROUPS, PHASE_SECONDS, PHASES, PHASES_ATTR, RANK_FIELDS, RANKS,
+                     ROUND_FIELDS, ROUNDS, ROWS_WRITTEN, WORLD_SIZE, WORLD_SIZES, RoundRow, version_text)
 from .text import safe_text
-
-ROWS_WRITTEN = "rounds_written"  # root attribute: rows complete on disk (module docstring); newer than the others
-PER_ROUND_GROUPS = (ROUNDS, CLIENTS, RANKS)  # their datasets with an unlimited first axis get one row per round
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
@@ -200,7 +197,7 @@ class ResultsWriter:
         self.fault: Callable[[str, int], None] | None = None
 
         def fill(f: h5py.File) -> None:
-            _set_attrs(f, attrs)
+            _set_attrs(f, {**attrs, FORMAT_VERSION_ATTR: version_text(FORMAT_VERSION)})
             f.attrs[ROWS_WRITTEN] = np.int64(0)
             for name, arr in (static or {}).items():  # fixed for the run (e.g. the partition)
                 f.create_dataset(name, data=arr)
@@ -229,8 +226,9 @@ class ResultsWriter:
     def reopen(cls, path: str, rows: int, attrs: Mapping[str, Any], world_size: int) -> "ResultsWriter":
         """Continue an interrupted run's file: keep its first `rows` rounds, drop anything after them (and a
         finished run's model). The file is rebuilt from what a SWMR reader sees, so that the file of a killed
-        writer (which HDF5 refuses to open for appending) continues too. Raises ValueError if the file holds
-        fewer than `rows` complete rounds."""
+        writer (which HDF5 refuses to open for appending) continues too. It keeps its format_version (none for
+        an unversioned file, which may still lack the partition): the version says what every row holds.
+        Raises ValueError if the file holds fewer than `rows` complete rounds."""
         with open_for_reading(path) as src:
             have = completed_rows(src)
             if have < rows:
@@ -251,7 +249,7 @@ class ResultsWriter:
                             _copy_rows(ds, g, key, rows)
                     else:
                         src.copy(obj, f, name)
-                for name in ROUND_FIELDS:  # a file from an older version: its rounds read as not recorded
+                for name in ROUND_FIELDS:  # an unversioned file: its rounds read as not recorded
                     if name not in f[ROUNDS]:
                         _round_dataset(f[ROUNDS], name, rows)
                 per_round = f[CLIENTS]["sampled"].shape[1]
@@ -293,27 +291,25 @@ class ResultsWriter:
         ds.resize(self.rows + 1, axis=0)
         ds[self.rows] = value
 
-    def append_round(self, row: Mapping[str, Any]) -> None:
-        """Append one round; `row` has every ROUND_FIELDS key, `phase_seconds`, `clients_<field>` for every
-        CLIENT_FIELDS field, `rank_phase_seconds` (world_size x phases) and `rank_<field>` (world_size) for the
-        RANK_FIELDS it has (the others stay NOT_RECORDED). The row counts as written (`rounds_written`) once
-        it is flushed; a failure raises WriteError."""
-        what = f"round {row['round']}"
+    def append_round(self, row: RoundRow) -> None:
+        """Append one round (RANK_FIELDS the row lacks stay NOT_RECORDED). The row counts as written
+        (`rounds_written`) once it is flushed; a failure raises WriteError."""
+        what = f"round {row.round}"
         if self.fault is not None:
-            self.fault("row", int(row["round"]))
+            self.fault("row", row.round)
         with self._writing(what):
             for name in ROUND_FIELDS:
-                self._append(self._dataset(ROUNDS, name), row[name])
-            self._append(self._dataset(ROUNDS, PHASE_SECONDS), row[PHASE_SECONDS])
+                self._append(self._dataset(ROUNDS, name), getattr(row, name))
+            self._append(self._dataset(ROUNDS, PHASE_SECONDS), row.phase_seconds)
         if self.fault is not None:
-            self.fault("mid-row", int(row["round"]))
+            self.fault("mid-row", row.round)
         with self._writing(what):
             for name in CLIENT_FIELDS:
-                self._append(self._dataset(CLIENTS, name), row[CLIENT_ROW_PREFIX + name])
-            per_rank = {PHASE_SECONDS: row[RANK_PHASE_ROW]}
-            per_rank.update({name: row[RANK_ROW_PREFIX + name] for name in RANK_FIELDS
-                             if RANK_ROW_PREFIX + name in row})
-            for name, value in per_rank.items():
+                self._append(self._dataset(CLIENTS, name), getattr(row.clients, name))
+            for name in (PHASE_SECONDS, *RANK_FIELDS):
+                value = getattr(row.ranks, name)
+                if value is None:  # not recorded
+                    continue
                 ds, table = self._dataset(RANKS, name), np.asarray(value)
                 if table.shape[0] > ds.shape[1]:
                     ds.resize(table.shape[0], axis=1)

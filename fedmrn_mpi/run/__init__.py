@@ -1,6 +1,7 @@
-"""Running a job: set-up, the round protocol (server and client parts), the loop, after-round hooks,
-checkpoints and resume planning, stop signals and fault injection."""
+"""Running a job: set-up, the round protocol (one interface for the server's and the clients' parts), the loop
+and its observers, after-round hooks, checkpoints and resume planning, stop signals and fault injection."""
 
-from .loop import CURRENT_ROUND, run
+from .events import RoundTracker
+from .loop import run
 
-__all__ = ["CURRENT_ROUND", "run"]
+__all__ = ["RoundTracker", "run"]

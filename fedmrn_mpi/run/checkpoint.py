@@ -26,7 +26,10 @@ import torch
 from ..compat import load_weights_only
 from ..results.errors import WriteError, describe_write_failure, fsync_path, has_os_error
 
-FORMAT = 1
+# the layout of `pending` (the last round's results row when not yet written): 1, a flat dict (run/resume.py reads
+# it); 2, RoundRow.to_dict()
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 KEEP = 2
 _NAME = re.compile(r"round-(\d{6,})\.pt$")
 
@@ -165,8 +168,9 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         data = load_weights_only(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"{path}: unreadable checkpoint ({_why(exc)})") from exc
-    if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] != FORMAT:
-        raise CheckpointError(f"{path}: not a fedmrn_mpi checkpoint of format {FORMAT}")
+    if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: not a fedmrn_mpi checkpoint of format "
+                              f"{' or '.join(map(str, READABLE_FORMATS))}")
     _check_contents(path, data)
     state = data.pop("state")
     try:

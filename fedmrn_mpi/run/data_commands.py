@@ -18,7 +18,7 @@ from ..config import Config, ConfigError, load_config
 from ..data.partition import partition_stats
 from ..data.prepared import PreparedData, write_prepared
 from ..data.readers import DatasetError
-from ..results.partition import summarize_partition
+from ..results.partition_summary import summarize_partition
 from .dataset import data_identity, expected_constants, load_raw, raw_files, source_checksum, split
 
 EXIT_DATA = 1

@@ -29,6 +29,9 @@ from typing import Callable
 
 import torch
 
+from .events import RoundObserver
+from .stop import SIGNALS
+
 FAULT_ENV = "FEDMRN_MPI_INJECT_FAULT"
 MARKER_ENV = "FEDMRN_MPI_FAULT_MARKER"
 HOLD_LIMIT_SECONDS = 120.0
@@ -93,14 +96,6 @@ def poison_state(state: dict) -> dict:
     return {n: torch.full_like(t, float("nan")) if t.is_floating_point() else t for n, t in state.items()}
 
 
-def maybe_corrupt_state(rank: int, round_: int, state: dict) -> dict:
-    """The state, with its first tensor shifted if a corrupt fault is set for this rank and round."""
-    if _fault(rank, round_, ("corrupt",)) is None:
-        return state
-    first = next(iter(state))
-    return {**state, first: state[first] + 1e-3}
-
-
 class _SignalAtTeardown:
     def __del__(self) -> None:
         for sig in (signal.SIGUSR1, signal.SIGTERM):
@@ -142,3 +137,21 @@ def maybe_write_fault(rank: int, round_: int, point: str, flush: Callable[[], No
                 raise RuntimeError(f"{FAULT_ENV}={kind}: {prefix}.go did not appear within "
                                    f"{HOLD_LIMIT_SECONDS:.0f} s")
             time.sleep(0.01)
+
+
+class FaultInjection(RoundObserver):
+    """Tests' faults (the module docstring) at their points of the round."""
+
+    def __init__(self, rank: int, poll: Callable[[], None]) -> None:
+        self.rank, self._poll = rank, poll
+
+    def training(self, round_: int) -> None:
+        maybe_inject_fault(self.rank, round_, self._poll, lambda: SIGNALS.requested)
+
+    def model_rebuilt(self, round_: int, state: dict) -> None:
+        if _fault(self.rank, round_, ("corrupt",)) is not None:
+            first = next(iter(state))
+            state[first] = state[first] + 1e-3
+
+    def finishing(self, round_: int) -> None:
+        maybe_signal_at_exit(self.rank)

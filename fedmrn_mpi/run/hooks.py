@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .. import __version__
 from ..config import Config, config_hash
+from ..results.schema import RoundRow
 from .checkpoint import checkpoint_dir, save_checkpoint
 from .client_states import ClientStates
 from .faults import FAULT_ENV, maybe_write_fault
@@ -29,7 +30,7 @@ class Completed:
 
     round: int
     state: dict                 # the global state after the round
-    pending: dict | None        # its results row, not yet evaluated and written
+    pending: RoundRow | None    # its results row, not yet evaluated and written
     stop_requested: bool = False
     client_states: "ClientStates | None" = None  # per-client algorithm state as of this round
 
@@ -40,7 +41,7 @@ class Hook:
     def round_completed(self, done: Completed) -> None:
         """The round's new global state exists."""
 
-    def row_ready(self, row: dict) -> None:
+    def row_ready(self, row: RoundRow) -> None:
         """The round's results row is complete (evaluated where due)."""
 
 
@@ -50,7 +51,7 @@ class ResultsHook(Hook):
         if os.environ.get(FAULT_ENV):  # tests: write faults inside the real write (rank 0 writes the file)
             writer.fault = lambda point, round_: maybe_write_fault(0, round_, point, flush=lambda: writer.f.flush())
 
-    def row_ready(self, row: dict) -> None:
+    def row_ready(self, row: RoundRow) -> None:
         self.writer.append_round(row)
 
 
@@ -61,8 +62,8 @@ class ProgressHook(Hook):
         self.cfg, self.first, self.log = cfg, first_round, log
         self.t0 = time.perf_counter()
 
-    def row_ready(self, row: dict) -> None:
-        r = row["round"]
+    def row_ready(self, row: RoundRow) -> None:
+        r = row.round
         if r % self.cfg.log_every == 0 or r == self.cfg.rounds:
             self.log(progress_line(row, self.cfg.rounds, time.perf_counter() - self.t0, r - self.first + 1),
                      flush=True)
@@ -81,7 +82,8 @@ class CheckpointHook(Hook):
 
     def save(self, done: Completed, why: str) -> None:
         path = save_checkpoint(self.dir, done.round, {
-            "state": done.state, "pending": done.pending, "identity": resume_identity(self.cfg),
+            "state": done.state, "pending": None if done.pending is None else done.pending.to_dict(),
+            "identity": resume_identity(self.cfg),
             "config_sha256": config_hash(self.cfg), "version": __version__, "seed": self.cfg.seed,
             "client_states": done.client_states.as_tensors() if done.client_states is not None else {}},
             fault=(lambda: maybe_write_fault(0, done.round, "mid-checkpoint")) if os.environ.get(FAULT_ENV) else None)

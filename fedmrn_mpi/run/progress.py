@@ -1,52 +1,27 @@
-"""Per-phase timing of a round, the round's critical path, and the progress line rank 0 prints."""
+"""The round's critical path and the progress line rank 0 prints."""
 
 from __future__ import annotations
 
 import math
-import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 
 from ..results import PHASES, format_bytes, format_duration
+from ..results.schema import RoundRow
 
 
-class PhaseTimer:
-    """Seconds per phase for the current round on this rank."""
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - t0
-
-    def take(self, wall: float) -> np.ndarray:
-        """This round's row, then reset. Idle is the wall time outside every named phase: mostly the waits
-        for other ranks in front of each collective (see Transport.sync)."""
-        row = np.array([self.seconds[p] for p in PHASES])
-        row[PHASES.index("idle")] = max(0.0, wall - row.sum())
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-        return row
-
-
-def progress_line(row: dict, rounds: int, elapsed: float, rounds_run: int) -> str:
-    r = row["round"]
-    acc = "  --  " if math.isnan(row["test_accuracy"]) else f"{100 * row['test_accuracy']:6.2f}%"
-    loss = "  --  " if math.isnan(row["test_loss"]) else f"{row['test_loss']:.4f}"
-    table = row["rank_phase_seconds"]
+def progress_line(row: RoundRow, rounds: int, elapsed: float, rounds_run: int) -> str:
+    r = row.round
+    acc = "  --  " if math.isnan(row.test_accuracy) else f"{100 * row.test_accuracy:6.2f}%"
+    loss = "  --  " if math.isnan(row.test_loss) else f"{row.test_loss:.4f}"
+    table = row.ranks.phase_seconds
     busy = table[:, PHASES.index("local_train")] + table[:, PHASES.index("encode")]
-    working = sorted(set(np.asarray(row["clients_rank"]).tolist()))  # ranks idle this round (K < P-1) excluded
+    working = sorted(set(np.asarray(row.clients.rank).tolist()))  # ranks idle this round (K < P-1) excluded
     slow = max(working, key=lambda r: busy[r])
     w = busy[working]
     spread = (w.max() - w.min()) / w.mean() if w.mean() > 0 else 0.0
-    return (f"round {r:4d}/{rounds}  acc {acc}  loss {loss}  train {row['train_loss']:.4f}  "
-            f"up {format_bytes(row['uplink_bytes'])}  {row['wall_seconds']:.2f} s/round  "
+    return (f"round {r:4d}/{rounds}  acc {acc}  loss {loss}  train {row.train_loss:.4f}  "
+            f"up {format_bytes(row.uplink_bytes)}  {row.wall_seconds:.2f} s/round  "
             f"slowest r{slow} {busy[slow]:.2f} s (spread {100 * spread:.0f}%)  "
             f"ETA {format_duration(elapsed / max(rounds_run, 1) * (rounds - r))}")
 

@@ -20,7 +20,12 @@ from ..comm import Transport, mpi_library_version
 from ..compat import cpu_capability
 from ..config import Config, config_hash, config_to_yaml
 from ..models import build_model, global_state
-from ..results.schema import CPU_MACHINE_ATTRS, GPU_MACHINE_ATTRS, UNKNOWN
+from ..results.schema import (ALGORITHM, CONFIG_SHA256, CONFIG_YAML, CPU_CAPABILITY, CPU_MACHINE_ATTRS, DATA_SOURCE,
+                              DEVICE_TYPE, GIT_REVISION, GPU_MACHINE_ATTRS, GPU_NAMES, HOSTS, MPI_LIBRARY,
+                              NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES, NUMPY_VERSION, PAYLOAD_BITS_PER_PARAM,
+                              PAYLOAD_BYTES_PER_CLIENT, PAYLOAD_IS_BOUND, PYTHON_VERSION, RANK_DEVICES,
+                              RANK_GPU_NAMES, RANK_HOSTS, RANK_SETUP_SECONDS, RANK_THREADS, THREADS_PER_RANK,
+                              TORCH_VERSION, UNKNOWN, VERSION, WORLD_SIZE, WORLD_SIZES)
 from ..rng.seeds import derive_seed
 from ..training import LocalTraining
 from .dataset import Batch, open_run_data
@@ -79,7 +84,7 @@ class Setup:
     setup_seconds: float = 0.0             # from the process's start to the end of set-up
 
 
-def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None = None) -> Setup:
+def build_setup(cfg: Config, transport: Transport, poll: Callable[[], None] | None = None) -> Setup:
     """Load data, partition, build the model and the algorithm; each role keeps only the data it uses."""
     root = cfg.seed
     threads = set_threads(cfg, transport)
@@ -88,7 +93,8 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
     c, h, _ = data.input_shape
     model = build_model(cfg.model.name, c, h, data.num_classes, derive_seed(root, "init")).to(device)
     spec = model_spec(model)
-    su = Setup(device=device, threads=threads, model=model, spec=spec, algo=make_algorithm(cfg, spec),
+    setup = Setup(device=device, threads=threads, model=model, spec=spec,
+               algo=make_algorithm(cfg.algorithm.options, spec, root),
                sizes=data.sizes, label_counts=data.label_counts,
                local=LocalTraining(root_seed=root, lr=cfg.lr, batch_size=cfg.batch_size,
                                    local_epochs=cfg.local_epochs, weighting=cfg.algorithm.weighting,
@@ -97,8 +103,8 @@ def prepare(cfg: Config, transport: Transport, poll: Callable[[], None] | None =
                state={n: t.detach().clone() for n, t in global_state(model).items()},
                eval_transform=data.test_transform, client_data=data.client, test_data=data.test,
                num_test=data.num_test, data_source=data.source)
-    su.setup_seconds = process_age()
-    return su
+    setup.setup_seconds = process_age()
+    return setup
 
 
 def process_age() -> float:
@@ -122,13 +128,13 @@ def git_revision() -> str:
         return "unknown"
 
 
-def rank_facts(su: Setup, transport: Transport) -> list[dict[str, str]] | None:
+def rank_facts(setup: Setup, transport: Transport) -> list[dict[str, str]] | None:
     """Rank 0: host, device, GPU name, threads, CPU instruction set, set-up time and the machine identity
     (run/machine.py) of every rank (None elsewhere)."""
-    gpu = torch.cuda.get_device_name(su.device) if su.device.type == "cuda" else "none"
-    mine = {"host": transport.hostname(), "device": str(su.device), "gpu": gpu, "threads": str(su.threads),
-            "cpu_capability": cpu_capability(), "setup_seconds": f"{su.setup_seconds:.3f}",
-            **machine_identity(su.device)}
+    gpu = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "none"
+    mine = {"host": transport.hostname(), "device": str(setup.device), "gpu": gpu, "threads": str(setup.threads),
+            "cpu_capability": cpu_capability(), "setup_seconds": f"{setup.setup_seconds:.3f}",
+            **machine_identity(setup.device)}
     # JSON, not a separator: CPU and GPU names and library texts may contain any character
     rows = transport.gather_strings(json.dumps(mine))
     return None if rows is None else [json.loads(r) for r in rows]
@@ -140,7 +146,7 @@ def _uniform(values: list[str]) -> str:
     return distinct[0] if len(distinct) == 1 else "mixed:" + ",".join(distinct)
 
 
-def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[dict[str, str]]) -> dict:
+def environment_attrs(cfg: Config, setup: Setup, transport: Transport, facts: list[dict[str, str]]) -> dict:
     """Root attributes of the results file: config, versions, and the settings that decide bit-exact results
     (results.REPRO_ATTRS): torch/numpy versions, the training ranks' device type, threads and CPU instruction
     set, the GPU models, and the machine identity (CPU model, flags, caches, oneDNN/MKL ISA, kernel settings,
@@ -149,32 +155,32 @@ def environment_attrs(cfg: Config, su: Setup, transport: Transport, facts: list[
     cuda = [f for f in facts if f["device"].startswith("cuda")]
     threads = _uniform([f["threads"] for f in workers])
     return {
-        "config_yaml": config_to_yaml(cfg), "config_sha256": config_hash(cfg), "version": __version__,
-        "world_size": transport.size, "world_sizes": np.array([transport.size], dtype=np.int64),
-        "algorithm": cfg.algorithm.name, "git_revision": git_revision(),
-        "torch_version": str(torch.__version__), "numpy_version": np.__version__,
-        "python_version": platform.python_version(), "mpi_library": mpi_library_version(),
-        "hosts": sorted({f["host"] for f in facts}), "rank_hosts": [f["host"] for f in facts],
-        "rank_devices": [f["device"] for f in facts], "rank_gpu_names": [f["gpu"] for f in facts],
-        "rank_threads": np.array([int(f["threads"]) for f in facts], dtype=np.int64),
+        CONFIG_YAML: config_to_yaml(cfg), CONFIG_SHA256: config_hash(cfg), VERSION: __version__,
+        WORLD_SIZE: transport.size, WORLD_SIZES: np.array([transport.size], dtype=np.int64),
+        ALGORITHM: cfg.algorithm.name, GIT_REVISION: git_revision(),
+        TORCH_VERSION: str(torch.__version__), NUMPY_VERSION: np.__version__,
+        PYTHON_VERSION: platform.python_version(), MPI_LIBRARY: mpi_library_version(),
+        HOSTS: sorted({f["host"] for f in facts}), RANK_HOSTS: [f["host"] for f in facts],
+        RANK_DEVICES: [f["device"] for f in facts], RANK_GPU_NAMES: [f["gpu"] for f in facts],
+        RANK_THREADS: np.array([int(f["threads"]) for f in facts], dtype=np.int64),
         # seconds from each rank's process start to the end of its set-up (data read, model built)
-        "rank_setup_seconds": np.array([float(f["setup_seconds"]) for f in facts], dtype=np.float64),
-        "data_source": su.data_source,
-        "gpu_names": sorted({f["gpu"] for f in facts} - {"none"}) or ["none"],
-        "device_type": _uniform([f["device"].split(":")[0] for f in workers]),
-        "threads_per_rank": int(threads) if threads.isdigit() else threads,
-        "cpu_capability": _uniform([f["cpu_capability"] for f in workers]),
+        RANK_SETUP_SECONDS: np.array([float(f["setup_seconds"]) for f in facts], dtype=np.float64),
+        DATA_SOURCE: setup.data_source,
+        GPU_NAMES: sorted({f["gpu"] for f in facts} - {"none"}) or ["none"],
+        DEVICE_TYPE: _uniform([f["device"].split(":")[0] for f in workers]),
+        THREADS_PER_RANK: int(threads) if threads.isdigit() else threads,
+        CPU_CAPABILITY: _uniform([f["cpu_capability"] for f in workers]),
         # what decides the bits beyond cpu_capability (run/machine.py): the CPU fields of every rank (rank 0 sums
         # and evaluates too), the GPU fields of the CUDA ranks ("none" when there are none)
         **{k: _uniform([f.get(k, UNKNOWN) for f in facts]) for k in CPU_MACHINE_ATTRS},
         **{k: _uniform([f.get(k, UNKNOWN) for f in cuda] or ["none"]) for k in GPU_MACHINE_ATTRS},
-        "num_masked_params": su.spec.num_masked, "num_unmasked_values": su.spec.num_unmasked,
+        NUM_MASKED_PARAMS: setup.spec.num_masked, NUM_UNMASKED_VALUES: setup.spec.num_unmasked,
         # for a variable-size coding (qsgd elias) the payload figures are the proven bound; the bytes actually
         # sent are in clients/uplink_bytes
-        "payload_bytes_per_client": su.algo.payload_nbytes(),
-        "payload_is_bound": bool(su.algo.variable_payload),
+        PAYLOAD_BYTES_PER_CLIENT: setup.algo.payload_nbytes(),
+        PAYLOAD_IS_BOUND: bool(setup.algo.variable_payload),
         # uplink bits per value of the model state (payload only; the 56-byte header adds 448 bits per message)
-        "payload_bits_per_param": 8 * su.algo.payload_nbytes() / (su.spec.num_masked + su.spec.num_unmasked),
+        PAYLOAD_BITS_PER_PARAM: 8 * setup.algo.payload_nbytes() / (setup.spec.num_masked + setup.spec.num_unmasked),
     }
 
 

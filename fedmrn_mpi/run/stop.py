@@ -13,6 +13,8 @@ import os
 import signal
 import time
 
+from .events import RoundObserver
+
 EXIT_STOPPED = 75  # sysexits EX_TEMPFAIL: checkpointed, run again with --resume
 # Slurm delivers one stop through several paths at once (batch shell forwarding, the launcher, the step):
 # signals this close to the first one are the same request, not a second one.
@@ -33,7 +35,6 @@ class StopSignals:
         self.count = 0
         self.last: int | None = None
         self.first_at = 0.0
-        self.peer_urgent: int | None = None  # a rank that reported a second signal (see Transport)
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
@@ -68,3 +69,22 @@ class StopSignals:
 
 
 SIGNALS = StopSignals()
+
+
+class StopChecks(RoundObserver):
+    """While waiting: a second stop signal, here or on a client rank (which tells rank 0 point-to-point), ends
+    the round at once. Once the loop is over, stop signals change nothing."""
+
+    def __init__(self, transport) -> None:
+        self.transport, self.active = transport, True
+
+    def poll(self) -> None:
+        if not self.active:
+            return
+        SIGNALS.check()
+        if self.transport.is_server and (r := self.transport.server_notified()) is not None:
+            raise StopNow(f"a second stop signal reached rank {r}")
+
+    def finishing(self, round_: int) -> None:
+        SIGNALS.ignore()  # the stop is accepted or the run is over: later signals must not change the exit status
+        self.active = False

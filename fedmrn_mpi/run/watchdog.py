@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from .events import RoundObserver
+
 EXIT_ROUND_TIMEOUT = 124  # like timeout(1): the job was ended because a round took too long
 AUTO_FIRST_ROUNDS = 3      # auto: rounds run under the start-up limit (compilation, caches, first evaluation)
 AUTO_START_SECONDS = 1800.0
@@ -50,13 +52,45 @@ def laggards(progress: dict[int, tuple[int, int]], round_: int, ranks: list[int]
     return behind or {r: _STAGE_TEXT[s] for r, s in stage.items()}
 
 
-class Watchdog:
+class ProgressNotes(RoundObserver):
+    """Where each client rank is in the round: a client rank sends rank 0 a note (round, stage) at three
+    points; rank 0 collects them while it waits."""
+
+    def __init__(self, transport) -> None:
+        self.transport, self.round = transport, 0
+        self.progress: dict[int, tuple[int, int]] = {}
+
+    def opening(self, round_: int) -> None:
+        self.round = round_
+
+    def started(self, round_: int) -> None:
+        self.round = round_
+
+    def model_received(self, round_: int) -> None:
+        self._note(MODEL)
+
+    def uploads_ready(self, round_: int) -> None:
+        self._note(UPLOADS)
+
+    def report_ready(self, round_: int) -> None:
+        self._note(REPORT)
+
+    def _note(self, stage: int) -> None:
+        if not self.transport.is_server:
+            self.transport.note_progress(np.array([self.round, stage], dtype=np.int64))
+
+    def poll(self) -> None:
+        if self.transport.is_server:
+            for rank, (rnd, stage) in self.transport.progress_notes():
+                self.progress[rank] = (int(rnd), int(stage))
+
+
+class Watchdog(RoundObserver):
     """One rank's view of the current round's age (see module docstring)."""
 
-    def __init__(self, setting: float | None, transport) -> None:
-        self.setting, self.transport = setting, transport
+    def __init__(self, setting: float | None, transport, notes: ProgressNotes) -> None:
+        self.setting, self.transport, self.notes = setting, transport, notes
         self.rounds: list[float] = []
-        self.progress: dict[int, tuple[int, int]] = {}
         # set-up (imports, data, the first collectives) counts as round 0, with the start-up limit whatever
         # the setting, unless timeouts are off
         self.start(0, None if setting == 0 else AUTO_START_SECONDS)
@@ -68,19 +102,24 @@ class Watchdog:
             limit = CLIENT_FACTOR * limit + CLIENT_MARGIN_SECONDS
         self.round, self.t0, self.limit = round_, time.monotonic(), limit
 
-    def done(self, seconds: float) -> None:
+    # round events
+    def opening(self, round_: int) -> None:
+        self.start(round_)
+
+    def started(self, round_: int) -> None:
+        self.round = round_
+
+    def round_done(self, round_: int, seconds: float) -> None:
         self.rounds.append(seconds)
 
-    def reached(self, stage: int) -> None:
-        """A client rank tells rank 0 where it is in the current round."""
-        if not self.transport.is_server:
-            self.transport.note_progress(np.array([self.round, stage], dtype=np.int64))
+    def finishing(self, round_: int) -> None:
+        self.start(round_)  # the closing barrier must not wait forever for a stuck rank either
+
+    def poll(self) -> None:
+        self.check()
 
     def check(self) -> None:
-        """Called while waiting: raises RoundTimeout once the round is older than its limit."""
-        if self.transport.is_server:
-            for rank, (rnd, stage) in self.transport.progress_notes():
-                self.progress[rank] = (rnd, stage)
+        """Raises RoundTimeout once the round is older than its limit."""
         if self.limit is None or time.monotonic() - self.t0 <= self.limit:
             return
         age = time.monotonic() - self.t0
@@ -91,7 +130,7 @@ class Watchdog:
         if not self.round:
             raise RoundTimeout(f"set-up took more than {self.limit:.0f} s ({age:.0f} s so far): a rank is not "
                                f"responding (set round_timeout=0 to wait without limit)")
-        behind = laggards(self.progress, self.round, [r for r in range(1, self.transport.size)])
+        behind = laggards(self.notes.progress, self.round, [r for r in range(1, self.transport.size)])
         names = "; ".join(f"rank {r} {what}" for r, what in sorted(behind.items()))
         raise RoundTimeout(f"round {self.round} exceeded round_timeout ({self.limit:.0f} s, {age:.0f} s so far): "
                            f"rank(s) {sorted(behind)} have not reported ({names})")

@@ -2,7 +2,7 @@
 and which clients train where."""
 
 from .batched import train_clients_batched
-from .evaluate import evaluate
+from .block_scores import evaluate
 from .local import ClientResult, LocalTraining, train_client
 from .schedule import assign_clients, sample_clients
 

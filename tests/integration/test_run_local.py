@@ -128,3 +128,22 @@ def test_bad_arguments_exit_2_before_any_run(tmp_path):
         assert res.returncode == 2 and message in res.stderr, (args, res.stdout, res.stderr)
     assert not (tmp_path / "res").exists()
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_an_unfinished_file_without_checkpoint_is_set_aside_and_rerun(tmp_path):
+    """Killed before its first checkpoint, a run leaves a results file --resume refuses; the runner moves it
+    aside (never deletes it) and starts the config over."""
+    a = _config(tmp_path, "a", 2)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    with h5py.File(res_dir / "a.h5", "w") as f:  # what a killed run leaves: rows, no final model, no .ckpt
+        f.attrs["config_yaml"] = "partial"
+    res = _run([a], _env(res_dir), tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    aside = [p for p in res_dir.iterdir() if p.name.startswith("a.h5.unresumable-")]
+    assert len(aside) == 1 and "moved to" in res.stdout, res.stdout
+    with h5py.File(aside[0], "r") as f:
+        assert f.attrs["config_yaml"] == "partial"
+    _complete(res_dir / "a.h5")
+    again = _run([a], _env(res_dir), tmp_path)  # a complete file is never moved
+    assert again.returncode == 0 and "moved to" not in again.stdout, again.stdout

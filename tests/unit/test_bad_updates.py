@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate, aggregate_round, make_algorithm
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate_round, make_algorithm
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.run.client_states import ClientStates
 from fedmrn_mpi.run.faults import bad_update_fault, poison_state
 from fedmrn_mpi.training import LocalTraining, train_client
 
-from algo_helpers import algo_setup
+from algo_helpers import aggregate, algo_setup
 
 CPU = torch.device("cpu")
 ROUND = 3
@@ -106,7 +106,7 @@ def test_fused_fedmrn_path_skips_like_the_reference() -> None:
     """FedMRN's fused decode-and-sum (Triton, interpreted on the CPU here) drops a skipped client's bits."""
     pytest.importorskip("triton")
     cfg, model, spec, ref, state, _ = algo_setup("algorithm.name=fedmrn", "batch_size=16")
-    fast = make_algorithm(cfg, spec)
+    fast = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     ref.kernels, fast.kernels = "reference", "triton"
     local = LocalTraining(cfg.seed, cfg.lr, 16, 1)
     results = [_client(ref, model, state, cid, local, poisoned=cid == 5, samples=16) for cid in (2, 5, 9)]

@@ -72,7 +72,7 @@ class World:
         self.cfg = load_config(None, list(overrides))
         self.model = build_model("cnn4", channels, size, 10, seed=0).to(dtype)
         self.spec = model_spec(self.model)
-        self.algo = make_algorithm(self.cfg, self.spec)
+        self.algo = make_algorithm(self.cfg.algorithm.options, self.spec, self.cfg.seed)
         self.state = {k: v.detach().clone() for k, v in global_state(self.model).items()}
         g = torch.Generator().manual_seed(seed)
         self.data = [(torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8),

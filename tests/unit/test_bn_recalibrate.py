@@ -43,7 +43,7 @@ def world(*overrides, image=SIZE):
     cfg = load_config(None, list(overrides))
     model = build_model("cnn4", 1, image, 10, seed=0)
     spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
     g = torch.Generator().manual_seed(5)
     x = torch.randn(N, 1, image, image, generator=g)

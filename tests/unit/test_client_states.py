@@ -52,8 +52,9 @@ def test_error_feedback_state_is_the_masked_tensors(name):
     from fedmrn_mpi.config import load_config
     from fedmrn_mpi.models import build_model
     spec = model_spec(build_model("cnn4", 1, 28, 10, seed=0))
-    algo = make_algorithm(load_config(None, [f"algorithm.name={name}", "algorithm.error_feedback=true"]), spec)
+    cfg = load_config(None, [f"algorithm.name={name}", "algorithm.error_feedback=true"])
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     st = ClientStates(algo.client_state_shapes())
     assert st.nbytes_per_client == 4 * 389_920  # 1.56 MB per client: 1.56 GB on rank 0 at 1,000 clients
-    plain = make_algorithm(load_config(None, [f"algorithm.name={name}"]), spec)
+    plain = make_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm.options, spec, cfg.seed)
     assert plain.client_state_shapes() == {}

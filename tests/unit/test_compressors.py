@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError
 from fedmrn_mpi.algorithms.qsgd import QSGD
 from fedmrn_mpi.rng.bits import pack_planes, unpack_planes
 from fedmrn_mpi.algorithms.signsgd import SignSGD
@@ -16,7 +16,7 @@ from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
 from fedmrn_mpi.config import ConfigError, load_config
 from fedmrn_mpi.training import LocalTraining, train_client
 
-from algo_helpers import algo_setup  # noqa: E402
+from algo_helpers import aggregate, algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 CODECS = (SignSGD, QSGD, TopK)

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedmrn_mpi.algorithms import REGISTRY
+from fedmrn_mpi.algorithms.fedmrn import FedMRN
+from fedmrn_mpi.algorithms.qsgd import QSGD
+from fedmrn_mpi.algorithms.topk import TopK
 from fedmrn_mpi.config import (
     AlgorithmConfig,
     Config,
@@ -26,7 +30,7 @@ from fedmrn_mpi.config import (
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 
-# The config keys users and scripts rely on (README, "Config keys").
+# The config keys users and scripts rely on (docs/config.md).
 CONTRACT_KEYS = [
     "seed", "rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size", "lr", "server_lr",
     "eval_every", "checkpoint_every", "device", "algorithm.name", "algorithm.mask", "algorithm.noise",
@@ -57,8 +61,8 @@ def test_defaults_are_the_main_job() -> None:
     assert (c.rounds, c.num_clients, c.clients_per_round, c.local_epochs, c.batch_size) == (12, 100, 10, 1, 64)
     assert (c.lr, c.server_lr, c.eval_every, c.checkpoint_every) == (0.1, 1.0, 4, 0)
     assert (c.device, c.threads, c.log_every) == ("auto", 1, 1)
-    a = c.algorithm
-    assert (a.name, a.mask, a.noise, a.sigma, a.training, a.weighting, a.downlink) == (
+    a, o = c.algorithm, c.algorithm.options
+    assert (a.name, o.mask, o.noise, o.sigma, o.training, a.weighting, a.downlink) == (
         "fedmrn", "binary", "uniform", None, "psm", "samples", "model")
     d = c.data
     assert (d.name, d.dir, d.partition, d.alpha, d.classes_per_client) == ("fashion_mnist", None, "iid", 0.3, 3)
@@ -67,10 +71,10 @@ def test_defaults_are_the_main_job() -> None:
 
 
 def test_effective_sigma() -> None:
-    assert AlgorithmConfig().effective_sigma == 0.01
-    assert AlgorithmConfig(mask="signed").effective_sigma == 0.005
-    assert AlgorithmConfig(mask="signed", sigma=0.02).effective_sigma == 0.02
-    assert load_config(None, ["algorithm.mask=signed"]).algorithm.effective_sigma == 0.005
+    assert AlgorithmConfig().options.effective_sigma == 0.01
+    assert FedMRN.Options(mask="signed").effective_sigma == 0.005
+    assert FedMRN.Options(mask="signed", sigma=0.02).effective_sigma == 0.02
+    assert load_config(None, ["algorithm.mask=signed"]).algorithm.options.effective_sigma == 0.005
 
 
 def test_allowed_names_are_the_registries() -> None:
@@ -108,6 +112,35 @@ def test_every_leaf_is_documented() -> None:
                 walk(f.default_factory)  # type: ignore[arg-type]
 
     walk(Config)
+    for cls in REGISTRY.values():
+        walk(cls.Options)
+
+
+def test_each_algorithm_owns_a_frozen_options_dataclass() -> None:
+    for cls in REGISTRY.values():
+        assert "Options" in vars(cls), f"{cls.__name__} declares no Options of its own"
+        params = cls.Options.__dataclass_params__  # type: ignore[attr-defined]
+        assert dataclasses.is_dataclass(cls.Options) and params.frozen
+        c = load_config(None, [f"algorithm.name={cls.name}"])
+        assert c.algorithm.options == cls.Options() and c.algorithm == AlgorithmConfig(name=cls.name)
+        assert {f"algorithm.{f.name}" for f in dataclasses.fields(cls.Options)} <= set(config_keys())
+    assert len({cls.Options for cls in REGISTRY.values()}) == len(REGISTRY)
+    # the section is built from the named algorithm's Options: exactly its keys, with their rules
+    assert load_config(None, ["algorithm.name=qsgd", "algorithm.levels=4"]).algorithm.options == QSGD.Options(levels=4)
+    with pytest.raises(TypeError, match="takes QSGD.Options"):
+        AlgorithmConfig(name="qsgd", options=TopK.Options())
+
+
+def test_an_option_two_algorithms_have_is_one_key() -> None:
+    from fedmrn_mpi.algorithms.base import option
+    from fedmrn_mpi.config import _algorithm_keys
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        mask: str = option("signed", "FedMRN mask values: {0,1} or {-1,+1}", choices=("binary", "signed"))
+
+    with pytest.raises(TypeError, match="Other.mask differs"):
+        _algorithm_keys((FedMRN.Options, Other))
 
 
 def test_frozen() -> None:
@@ -115,7 +148,9 @@ def test_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.rounds = 3  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        c.algorithm.mask = "signed"  # type: ignore[misc]
+        c.algorithm.name = "fedavg"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.algorithm.options.mask = "signed"  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------------------- shipped files
@@ -167,7 +202,8 @@ def test_paper_configs(name: str, algo: str, lr: float, mask: str | None, sigma:
     assert (c.data.name, c.data.partition, c.model.name, c.seed) == ("fashion_mnist", "iid", "cnn4", 1234)
     assert (c.algorithm.name, c.lr) == (algo, lr)
     if mask is not None:
-        assert (c.algorithm.mask, c.algorithm.sigma, c.algorithm.effective_sigma) == (mask, sigma, sigma)
+        o = c.algorithm.options
+        assert (o.mask, o.sigma, o.effective_sigma) == (mask, sigma, sigma)
     assert c.run_name != default_config().run_name  # paper runs must not overwrite the main job's file
     d = load_config(CONFIGS / "paper" / f"{name}.yaml", ["data.partition=dirichlet", "data.alpha=0.3"])
     assert (d.data.partition, d.data.alpha) == ("dirichlet", 0.3)
@@ -225,13 +261,13 @@ def test_hash() -> None:
 
 def test_overrides_change_values() -> None:
     c = load_config(None, ["algorithm.mask=signed", "rounds=5", "data.dir=/x", "lr=1e-3", "device=cpu"])
-    assert (c.algorithm.mask, c.rounds, c.data.dir, c.lr, c.device) == ("signed", 5, "/x", 0.001, "cpu")
+    assert (c.algorithm.options.mask, c.rounds, c.data.dir, c.lr, c.device) == ("signed", 5, "/x", 0.001, "cpu")
 
 
 def test_override_values_are_yaml() -> None:
     c = load_config(None, ["algorithm.sigma=0.02", "data.dir=/x"])
     c = apply_overrides(c, ["algorithm.sigma=null", "data.dir=null", "server_lr=2", "data.alpha=1E2"])
-    assert c.algorithm.sigma is None and c.data.dir is None
+    assert c.algorithm.options.sigma is None and c.data.dir is None
     assert c.server_lr == 2.0 and isinstance(c.server_lr, float)  # ints accepted for floats
     assert c.data.alpha == 100.0
     assert load_config(None, ["data.dir="]).data.dir is None
@@ -240,13 +276,14 @@ def test_override_values_are_yaml() -> None:
 def test_override_on_top_of_file_and_order(tmp_path: Path) -> None:
     p = write(tmp_path, "rounds: 7\nalgorithm:\n  mask: signed\n  noise: gaussian\n")
     c = load_config(p, ["rounds=3", "rounds=4", " algorithm.noise = rademacher "])
-    assert (c.rounds, c.algorithm.mask, c.algorithm.noise) == (4, "signed", "rademacher")
+    assert (c.rounds, c.algorithm.options.mask, c.algorithm.options.noise) == (4, "signed", "rademacher")
 
 
 def test_override_section_mapping_merges(tmp_path: Path) -> None:
     p = write(tmp_path, "algorithm:\n  noise: gaussian\n")
     c = load_config(p, ["algorithm={mask: signed, sigma: 0.1}"])
-    assert (c.algorithm.mask, c.algorithm.sigma, c.algorithm.noise) == ("signed", 0.1, "gaussian")
+    o = c.algorithm.options
+    assert (o.mask, o.sigma, o.noise) == ("signed", 0.1, "gaussian")
 
 
 def test_override_string_field_keeps_text() -> None:
@@ -415,7 +452,7 @@ def test_error_names_override_not_file(tmp_path: Path) -> None:
 
 def test_config_from_dict_partial_and_source() -> None:
     c = config_from_dict({"rounds": 3, "algorithm": {"mask": "signed"}})
-    assert (c.rounds, c.algorithm.mask, c.lr) == (3, "signed", 0.1)
+    assert (c.rounds, c.algorithm.options.mask, c.lr) == (3, "signed", 0.1)
     with pytest.raises(ConfigError, match=r"^job\.json: unknown key 'rouds'"):
         config_from_dict({"rouds": 3}, source="job.json")
     with pytest.raises(ConfigError, match="mapping"):
@@ -437,25 +474,32 @@ def test_choices_can_be_supplied() -> None:
         config_from_dict({}, choices={"data.nmae": ("x",)})
 
 
-def test_algorithm_keys_that_do_not_apply_are_errors_naming_the_key() -> None:
+def test_an_option_the_algorithm_does_not_have_is_an_unknown_key(tmp_path: Path) -> None:
     msg = error_of(["algorithm.error_feedback=true"])  # the default algorithm is fedmrn
-    assert "algorithm.error_feedback" in msg and "does not apply to algorithm.name='fedmrn'" in msg
-    assert "algorithm.mask" in msg  # and it says what fedmrn does read
+    assert msg == ("override 'algorithm.error_feedback=true': unknown key 'algorithm.error_feedback'; valid keys "
+                   "under 'algorithm' for fedmrn: name, weighting, downlink, mask, noise, sigma, training")
     msg = error_of(["algorithm.name=fedavg", "algorithm.mask=signed"])
-    assert "algorithm.mask" in msg and "'fedavg'" in msg and "no other algorithm key" in msg
-    # defaults of keys an algorithm does not read are fine, so one full config file serves every algorithm
+    assert msg.endswith("unknown key 'algorithm.mask'; valid keys under 'algorithm' for fedavg: name, weighting, "
+                        "downlink")
+    assert "did you mean 'algorithm.mask'" in error_of(["algorithm.name=topk", "algorithm.mask=signed",
+                                                        "algorithm.name=fedmrn", "algorithm.maks=x"])
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'algorithm\.fraction'; .* for signsgd: "):
+        load_config(write(tmp_path, "algorithm:\n  name: signsgd\n  fraction: 0.1\n"))
+    # another algorithm's option at its default is how config_to_yaml writes every option (config_hash covers that
+    # text), so one full config file serves every algorithm
     assert load_config(CONFIGS / "default.yaml", ["algorithm.name=fedavg"]).algorithm.name == "fedavg"
+    topk = load_config(None, ["algorithm.name=topk", "algorithm.fraction=0.1"])
+    assert "\n  mask: binary\n" in config_to_yaml(topk) and config_to_dict(topk)["algorithm"]["levels"] == 1
 
 
 def test_boolean_keys() -> None:
-    from fedmrn_mpi.config import AlgorithmConfig as A
-    assert A().error_feedback is False
+    assert TopK.Options().error_feedback is False
     msg = error_of(["algorithm.error_feedback=2"])
     assert "algorithm.error_feedback" in msg and "expected true or false" in msg
 
 
 def test_post_training_ablation_is_a_fedmrn_training_mode() -> None:
-    assert load_config(None, ["algorithm.training=post"]).algorithm.training == "post"
+    assert load_config(None, ["algorithm.training=post"]).algorithm.options.training == "post"
 
 
 def test_compare_configs_are_what_the_generator_writes() -> None:

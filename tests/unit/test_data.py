@@ -333,8 +333,7 @@ def test_fashion_mnist_splits_use_their_own_constants(tmp_path: Path) -> None:
     torch.testing.assert_close(ds.normalize(px).flatten(), want_train)
     torch.testing.assert_close(ds.normalize(px, "train").flatten(), want_train)
     torch.testing.assert_close(ds.normalize(px, "test").flatten(), want_test)
-    assert torch.equal(ds.normalize_test(px), ds.normalize(px, "test"))
-    assert torch.equal(ds.x_test, ds.normalize_test(ds.images_test))
+    assert torch.equal(ds.x_test, ds.normalize(ds.images_test, "test"))
     assert not torch.equal(ds.x_test, ds.normalize(ds.images_test))
     with pytest.raises(ValueError, match="split"):
         ds.normalize(px, "val")
@@ -348,7 +347,7 @@ def test_empty_test_constants_mean_same_as_train() -> None:
     assert torch.equal(ds.x_test, ds.x_train)
     # Float images (synthetic data) pass through either split unchanged.
     syn = make_synthetic(n_train=20, n_test=10, seed=1)
-    assert torch.equal(syn.x_test, syn.images_test) and torch.equal(syn.normalize_test(syn.images_train),
+    assert torch.equal(syn.x_test, syn.images_test) and torch.equal(syn.normalize(syn.images_train, "test"),
                                                                       syn.images_train)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, make_algorithm, model_spec
+from algo_helpers import aggregate
 from fedmrn_mpi.algorithms.eden import EDEN, MIN_BLOCK, block_sizes, eden_decode, eden_encode
 from fedmrn_mpi.algorithms.hadamard import (fwht, fwht_, inverse_randomized_hadamard, rademacher_diagonal,
                                             randomized_hadamard)
@@ -32,7 +33,7 @@ def setup(total_steps=4, model="cnn4"):
     cfg = load_config(None, ["algorithm.name=eden"])
     net = build_model(model, 1, 28, 10, seed=0) if model == "cnn4" else build_model(model, 3, 32, 10, seed=0)
     spec = model_spec(net)
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {k: v.detach().clone() for k, v in global_state(net).items()}
     ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(3, 7, 64 * total_steps, CPU)
     return cfg, net, spec, algo, state, ctx

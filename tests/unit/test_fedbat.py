@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError, aggregate
+from fedmrn_mpi.algorithms import REGISTRY, BadUpdateError
 from fedmrn_mpi.algorithms.fedbat import (ALPHA_MAX, ALPHA_MIN, FedBAT, binarize, log_scale_key, scale)
 from fedmrn_mpi.algorithms.spec import ModelSpec
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
@@ -14,7 +14,7 @@ from fedmrn_mpi.config import load_config
 from fedmrn_mpi.rng.noise import make_stream, uniform01
 from fedmrn_mpi.training import LocalTraining, train_client
 
-from algo_helpers import algo_setup  # noqa: E402
+from algo_helpers import aggregate, algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 REGISTRY.setdefault(FedBAT.name, FedBAT)  # the owner registers it in algorithms/__init__.py
@@ -234,7 +234,7 @@ def test_corrupted_or_truncated_payloads_are_rejected():
 def test_padding_bits_must_be_zero():
     cfg = load_config(None, ["algorithm.name=fedbat"])
     spec = ModelSpec(names=("a",), shapes={"a": (5,)}, params=("a",), buffers=(), masked=("a",))
-    algo = FedBAT(cfg, spec)
+    algo = FedBAT(cfg.algorithm.options, spec, cfg.seed)
     assert algo.payload_nbytes() == 1 + 4
     payload = np.concatenate([np.array([0b10110], np.uint8), np.frombuffer(np.float32(0.01).tobytes(), np.uint8)])
     upd = algo.decode(memoryview(payload), 0, {"a": torch.zeros(5)}, CPU)

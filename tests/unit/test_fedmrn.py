@@ -7,10 +7,9 @@ from torch.func import functional_call
 
 from fedmrn_mpi.algorithms.fedmrn import hard_share, soft_value
 from fedmrn_mpi.training import LocalTraining, train_client
-from fedmrn_mpi.algorithms import aggregate
 from fedmrn_mpi.comm.wire import decode_messages, encode_message
 
-from algo_helpers import algo_setup  # noqa: E402
+from algo_helpers import aggregate, algo_setup  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedmrn_mpi.algorithms import REGISTRY, aggregate, make_algorithm, model_spec
+from fedmrn_mpi.algorithms import REGISTRY, make_algorithm, model_spec
+from algo_helpers import aggregate
 from fedmrn_mpi.algorithms.fedpm import FedPM, bernoulli_sample, beta_posterior, signed_constant
 from fedmrn_mpi.algorithms.spec import ModelSpec
 from fedmrn_mpi.comm.wire import WireError, decode_messages, encode_message
@@ -26,7 +27,7 @@ def setup(*overrides, total_steps=4, round_=3, client=7):
     cfg = load_config(None, ["algorithm.name=fedpm", *overrides])
     model = build_model("cnn4", 1, 28, 10, seed=0)
     spec = model_spec(model)
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
     ctx = LocalTraining(cfg.seed, cfg.lr, 64, 1).context(round_, client, 64 * total_steps, CPU)
     return cfg, model, spec, algo, state, ctx
@@ -85,7 +86,7 @@ def test_aggregate_is_the_unweighted_posterior_mode_in_logits():
 
 def test_frozen_weights_are_rank_independent_signed_constants():
     cfg, model, spec, algo, state, ctx = setup()
-    other = make_algorithm(load_config(None, ["algorithm.name=fedpm"]), model_spec(build_model("cnn4", 1, 28, 10, 1)))
+    other = make_algorithm(cfg.algorithm.options, model_spec(build_model("cnn4", 1, 28, 10, 1)), cfg.seed)
     w1, w2 = algo.frozen_weights(CPU), other.frozen_weights("cpu")
     assert algo.frozen_weights(CPU) is w1  # cached
     assert [t.numel() for t in w1.values()] == list(CNN4_MASKED)
@@ -99,7 +100,7 @@ def test_frozen_weights_are_rank_independent_signed_constants():
     # the signs differ between tensors (own stream) and depend on the root seed
     a, b = w1[spec.masked[1]].view(-1)[:288], w1[spec.masked[0]].view(-1)
     assert not torch.equal(torch.sign(a), torch.sign(b))
-    w3 = make_algorithm(load_config(None, ["algorithm.name=fedpm", "seed=99"]), spec).frozen_weights(CPU)
+    w3 = make_algorithm(cfg.algorithm.options, spec, 99).frozen_weights(CPU)
     assert not torch.equal(w3[spec.masked[2]], w1[spec.masked[2]])
 
 
@@ -195,7 +196,7 @@ def test_corrupted_or_truncated_payloads_are_rejected():
     # nonzero padding bits after the last mask bit (5 mask entries -> 3 pad bits)
     tiny = ModelSpec(names=("fc.weight", "bn.weight"), shapes={"fc.weight": (5, 1), "bn.weight": (2,)},
                      params=("fc.weight", "bn.weight"), buffers=(), masked=("fc.weight",))
-    small = FedPM(cfg, tiny)
+    small = FedPM(cfg.algorithm.options, tiny, cfg.seed)
     tstate = {"fc.weight": torch.zeros(5, 1), "bn.weight": torch.ones(2)}
     good = np.concatenate([np.array([0b00010110], np.uint8), np.ones(2, np.float32).view(np.uint8)])
     assert small.payload_nbytes() == good.nbytes == 9

@@ -31,8 +31,8 @@ from fedmrn_mpi.__main__ import main
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.report import front
 from fedmrn_mpi.results import ResultsWriter
-from fedmrn_mpi.results.schema import (CLIENT_FIELDS, CLIENT_ROW_PREFIX, PHASE_SECONDS, PHASES, RANK_FIELDS,
-                                       RANK_PHASE_ROW, RANK_ROW_PREFIX, ROUND_FIELDS)
+from fedmrn_mpi.results.schema import (CLIENT_FIELDS, PHASES, RANK_FIELDS, ROUND_FIELDS, ClientColumns, RankColumns,
+                                       RoundRow)
 from fedmrn_mpi.run.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints,
                                        load_checkpoint, save_checkpoint)
 from fedmrn_mpi.run.resume import Start, plan_start, resume_identity
@@ -47,17 +47,15 @@ def fuzz(n: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def _row(r: int) -> dict:
+def _row(r: int) -> RoundRow:
     """A results row for every field the schema has (so new fields need no change here)."""
-    row = {k: (0.1 * r if np.dtype(dt).kind == "f" else r) for k, dt in ROUND_FIELDS.items()}
-    row.update({"round": r, "test_accuracy": 0.2 * r, "test_loss": 2.0 - 0.1 * r})
-    row[PHASE_SECONDS] = np.full(len(PHASES), 0.05)
-    for k, dt in CLIENT_FIELDS.items():
-        row[CLIENT_ROW_PREFIX + k] = (np.array([2 * r % 4, 2 * r % 4 + 1]) if k != "skipped" else np.zeros(CPR)).astype(dt)
-    row[RANK_PHASE_ROW] = np.full((WORLD, len(PHASES)), 0.05)
-    for k in RANK_FIELDS:
-        row[RANK_ROW_PREFIX + k] = np.arange(WORLD) * 100
-    return row
+    scalars = {k: (0.1 * r if np.dtype(dt).kind == "f" else r) for k, dt in ROUND_FIELDS.items()}
+    scalars.update({"round": r, "test_accuracy": 0.2 * r, "test_loss": 2.0 - 0.1 * r})
+    clients = {k: (np.array([2 * r % 4, 2 * r % 4 + 1]) if k != "skipped" else np.zeros(CPR)).astype(dt)
+               for k, dt in CLIENT_FIELDS.items()}
+    return RoundRow(**scalars, phase_seconds=np.full(len(PHASES), 0.05), clients=ClientColumns(**clients),
+                    ranks=RankColumns(np.full((WORLD, len(PHASES)), 0.05),
+                                      **{k: np.arange(WORLD) * 100 for k in RANK_FIELDS}))
 
 
 def _results(path: Path, rounds: int, finish: bool) -> Path:
@@ -82,7 +80,8 @@ def files(tmp_path_factory):
     ckdir = checkpoint_dir(str(out))
     for r in (2, 4):
         save_checkpoint(ckdir, r, {"state": {k: v * r for k, v in STATE.items()}, "identity": resume_identity(CFG),
-                                   "pending": _row(r) if r == 4 else None, "config_sha256": "x", "version": "0.1.0",
+                                   "pending": _row(r).to_dict() if r == 4 else None, "config_sha256": "x",
+                                   "version": "0.1.0",
                                    "seed": CFG.seed, "client_states": {}})
     cks = list_checkpoints(ckdir)
     return {"dir": d, "finished": finished, "finished_raw": finished.read_bytes(), "run": out,

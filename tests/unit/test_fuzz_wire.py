@@ -1,5 +1,5 @@
 """Fuzzed upload bytes (issue 11 item 5) through the server's path: `decode_messages` for every rank's buffer, then
-`aggregate_round` and each algorithm's `decode` (`run/roles.py: decode_uploads`).
+`aggregate_round` and each algorithm's `decode` (`run/local_clients.py: decode_uploads`).
 
 For random buffers, header fields changed (with and without a recomputed header CRC), payload bytes changed with
 both CRCs recomputed (so they reach the algorithm's decoder), and truncated, extended or repeated buffers, the
@@ -33,7 +33,7 @@ from fedmrn_mpi.algorithms.aggregate import BadUpdateError
 from fedmrn_mpi.comm.wire import HEADER_SIZE, WireError, encode_message
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.models import global_state
-from fedmrn_mpi.run.roles import decode_uploads
+from fedmrn_mpi.run.local_clients import decode_uploads
 from fedmrn_mpi.training import LocalTraining
 
 from algo_helpers import TinyNet  # noqa: E402
@@ -84,7 +84,7 @@ def case(name: str) -> Case:
     model = TinyNet()
     spec = model_spec(model)
     cfg = load_config(None, ALGORITHMS[name])
-    algo = make_algorithm(cfg, spec)
+    algo = make_algorithm(cfg.algorithm.options, spec, cfg.seed)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
     msgs = []
     for cid in CLIENTS:

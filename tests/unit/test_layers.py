@@ -19,11 +19,12 @@ def _part(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """fedmrn_mpi modules imported by `path` (anywhere, also inside functions; not under TYPE_CHECKING)."""
+def _imports(path: Path, source: str | None = None, runtime_only: bool = False) -> list[tuple[str, int]]:
+    """fedmrn_mpi modules imported by `path` (or by `source` read as that file): anywhere, also inside functions
+    and under TYPE_CHECKING, since a type-only import is a dependency too; `runtime_only` leaves those out."""
     package = list(path.relative_to(PKG.parent).parts[:-1])  # e.g. ["fedmrn_mpi", "run"]
-    tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+    tree = ast.parse(path.read_text() if source is None else source)
+    skip = {id(n) for node in ast.walk(tree) if runtime_only and isinstance(node, ast.If)
             and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
             for n in ast.walk(node)}
     out = []
@@ -74,8 +75,15 @@ def test_the_check_sees_relative_and_lazy_imports():
     assert "fedmrn_mpi.comm" in {m for m, _ in _imports(PKG / "run" / "loop.py")}
 
 
+def test_the_check_sees_type_only_imports():
+    base = PKG / "algorithms" / "base.py"
+    text = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..config import Config\n"
+    assert _imports(base, text) == [("fedmrn_mpi.config", 3)]
+    assert _imports(base, text, runtime_only=True) == []
+
+
 @pytest.mark.parametrize("path", [f for f in FILES if _part(".".join(f.relative_to(PKG.parent).parts)) in NO_TORCH],
                          ids=lambda p: str(p.relative_to(PKG)))
 def test_the_torch_free_parts_do_not_import_compat(path):
-    assert not [m for m, _ in _imports(path) if _part(m) == "compat"], \
+    assert not [m for m, _ in _imports(path, runtime_only=True) if _part(m) == "compat"], \
         f"{path.relative_to(PKG)} imports fedmrn_mpi.compat, which imports torch"

@@ -18,10 +18,11 @@ import torch
 
 from fedmrn_mpi.config import load_config
 from fedmrn_mpi.report import main_report
-from fedmrn_mpi.results import PHASES, REPRO_ATTRS, ResultsWriter, load_run
+from fedmrn_mpi.results import REPRO_ATTRS, ResultsWriter, load_run
 from fedmrn_mpi.results.schema import CPU_MACHINE_ATTRS, GPU_MACHINE_ATTRS
 from fedmrn_mpi.run import machine
 from fedmrn_mpi.run.setup import environment_attrs, rank_facts
+from result_rows import round_row
 
 ROOT = Path(__file__).resolve().parents[2]
 LINUX_X86 = sys.platform == "linux" and os.uname().machine in ("x86_64", "AMD64")
@@ -203,12 +204,7 @@ def _write(path: Path, name: str, **attrs) -> str:
             "threads_per_rank": 1, "cpu_capability": "AVX512", "gpu_names": ["none"], **MACHINE, **attrs}
     w = ResultsWriter(str(path), {k: v for k, v in root.items() if v is not None}, 2, 3)
     for r in (1, 2):
-        w.append_round({"round": r, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 1.0, "uplink_bytes": 10,
-                        "downlink_bytes": 10, "wall_seconds": 0.5, "resync": 0, "digest_mismatches": 0,
-                        "control_bytes": 8, "state_bytes": 0, "skipped_clients": 0,
-                        "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [0, 1],
-                        "clients_rank": [1, 2], "clients_uplink_bytes": [5, 5], "clients_train_loss": [1.0, 1.0],
-                        "clients_skipped": [0, 0], "rank_phase_seconds": np.full((3, len(PHASES)), 0.05)})
+        w.append_round(round_row(r, 3, client_uplink=(5, 5), downlink_bytes=10))
     w.finalize({"w": np.zeros(3, dtype=np.float32)}, {"rounds_completed": 2, "total_seconds": 1.0})
     return str(path)
 

@@ -75,17 +75,17 @@ def test_config_loads_and_holds_the_paper_setting(stem: str) -> None:
         assert (c.data.partition, c.data.classes_per_client, part) == ("classes", cls, f"cls{cls}")
     assert c.algorithm.name == algo
     if mask is not None:
-        a = c.algorithm
+        a = c.algorithm.options
         assert (a.mask, a.noise, a.sigma, a.effective_sigma, a.training) == (mask, "uniform", sigma, sigma, "psm")
 
 
 def test_spot_checks() -> None:
     c = load_config(PAPER / "cifar100_cnn8_dir0.2_fedmrn-signed.yaml")
-    assert (c.data.alpha, c.algorithm.sigma, c.lr, c.rounds, c.model.name) == (0.2, 0.005, 0.1, 200, "cnn8")
+    assert (c.data.alpha, c.algorithm.options.sigma, c.lr, c.rounds, c.model.name) == (0.2, 0.005, 0.1, 200, "cnn8")
     c = load_config(PAPER / "cifar10_cnn8_cls3_fedavg.yaml")
     assert (c.data.classes_per_client, c.lr, c.rounds, c.algorithm.name) == (3, 0.03, 200, "fedavg")
     c = load_config(PAPER / "cifar100_cnn8_cls20_fedmrn-binary.yaml")
-    assert (c.data.classes_per_client, c.algorithm.sigma, c.algorithm.mask) == (20, 0.01, "binary")
+    assert (c.data.classes_per_client, c.algorithm.options.sigma, c.algorithm.options.mask) == (20, 0.01, "binary")
     c = load_config(PAPER / "svhn_cnn4_iid_fedmrn-binary.yaml")
     assert (c.data.name, c.rounds, c.lr, c.model.name) == ("svhn", 100, 0.1, "cnn4")
 

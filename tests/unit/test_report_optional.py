@@ -3,12 +3,10 @@
 import subprocess
 import sys
 
-import numpy as np
-
 from fedmrn_mpi.results import ResultsWriter
-from fedmrn_mpi.results.schema import PHASES
 
 from conftest import ROOT
+from result_rows import round_row
 
 # matplotlib made unimportable for this interpreter only
 WITHOUT_MATPLOTLIB = ("import sys; sys.modules['matplotlib'] = None; "
@@ -18,14 +16,8 @@ WITHOUT_MATPLOTLIB = ("import sys; sys.modules['matplotlib'] = None; "
 def _results(path):
     w = ResultsWriter(str(path), {"config_yaml": "run_name: r\nrounds: 1\n", "world_size": 2,
                                   "algorithm": "fedavg", "version": "0"}, 2, 2)
-    w.append_round({"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 1.2, "uplink_bytes": 10,
-                    "downlink_bytes": 20, "wall_seconds": 1.0, "resync": 0, "digest_mismatches": 0,
-                    "control_bytes": 0, "state_bytes": 0, "phase_seconds": np.zeros(len(PHASES)),
-                    "clients_sampled": np.array([0, 1]), "clients_rank": np.array([1, 1]),
-                    "clients_uplink_bytes": np.array([5, 5]), "clients_train_loss": np.array([1.0, 1.4]),
-                    "skipped_clients": 0, "clients_skipped": np.array([0, 0]),
-                    "rank_phase_seconds": np.zeros((2, len(PHASES))), "rank_bytes_sent": np.zeros(2, np.int64),
-                    "rank_bytes_received": np.zeros(2, np.int64)})
+    w.append_round(round_row(1, 2, client_uplink=(5, 5), train_loss=1.2, downlink_bytes=20, wall_seconds=1.0,
+                             control_bytes=0, phase=0.0, rank_bytes=True))
     w.close()
     return path
 

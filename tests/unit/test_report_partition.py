@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from fedmrn_mpi.report import main_report
-from fedmrn_mpi.report.partition import partition_file_names, partition_summary
+from fedmrn_mpi.report.partition_display import partition_file_names, partition_summary
 from fedmrn_mpi.report.table import partition_table
-from fedmrn_mpi.results import PHASES, ResultsWriter, load_run
-from fedmrn_mpi.results.schema import PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES
+from fedmrn_mpi.results import ResultsWriter, load_run
+from fedmrn_mpi.results.schema import PARTITION, PARTITION_LABEL_COUNTS, PARTITION_SIZES, RoundRow
+from result_rows import round_row
 
 ROOT = Path(__file__).resolve().parents[2]
 CPR, WORLD = 2, 2
@@ -29,13 +30,8 @@ COUNTS = np.array([[5, 0, 0, 1], [0, 3, 3, 0], [2, 2, 2, 2], [0, 0, 0, 9], [10, 
 EVEN = np.array([[1, 0], [0, 2], [3, 3], [3, 0]], dtype=np.int64)
 
 
-def _row(r: int) -> dict:
-    return {"round": r, "test_accuracy": 0.2 * r, "test_loss": 1.0, "train_loss": 1.0, "uplink_bytes": 100,
-            "downlink_bytes": 200, "wall_seconds": 0.5, "resync": 0, "digest_mismatches": 0, "control_bytes": 8,
-            "state_bytes": 0, "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [0, 1],
-            "clients_rank": [1, 1], "clients_uplink_bytes": [50, 50], "clients_train_loss": [1.0, 1.0],
-            "skipped_clients": 0, "clients_skipped": [0, 0],
-            "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.05)}
+def _row(r: int) -> RoundRow:
+    return round_row(r, WORLD, test_accuracy=0.2 * r, uplink_bytes=100, downlink_bytes=200)
 
 
 def write_results(path: Path, name: str, counts: np.ndarray | None = None, sizes: bool = True) -> Path:

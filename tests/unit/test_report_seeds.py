@@ -18,7 +18,8 @@ import yaml
 from fedmrn_mpi.report import main_report
 from fedmrn_mpi.report.seeds import flat_config, seed_groups
 from fedmrn_mpi.report.table import display_names
-from fedmrn_mpi.results import PHASES, ResultsWriter, format_bytes, load_run, load_runs
+from fedmrn_mpi.results import ResultsWriter, format_bytes, load_run, load_runs
+from result_rows import round_row
 
 from conftest import ROOT
 
@@ -50,13 +51,8 @@ def write_run(path: Path, name: str, seed: int | None, acc: list[float], uplink:
     w = ResultsWriter(str(path), {"config_yaml": yaml.safe_dump(conf, sort_keys=False), "world_size": world,
                                   "algorithm": conf["algorithm"]["name"], "version": "0"}, CPR, world)
     for k, (a, up) in enumerate(zip(acc, uplink), start=1):
-        w.append_round({"round": k, "test_accuracy": a, "test_loss": 1.0 if np.isfinite(a) else NAN, "train_loss": 1.0,
-                        "uplink_bytes": up, "downlink_bytes": 10, "wall_seconds": 0.5, "resync": 0,
-                        "digest_mismatches": 0, "control_bytes": 0, "state_bytes": 0,
-                        "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [0, 1],
-                        "clients_rank": [1, 1], "clients_uplink_bytes": [up // 2, up - up // 2],
-                        "clients_train_loss": [1.0, 1.0], "skipped_clients": 0, "clients_skipped": [0, 0],
-                        "rank_phase_seconds": np.full((world, len(PHASES)), 0.05)})
+        w.append_round(round_row(k, world, client_uplink=(up // 2, up - up // 2), test_accuracy=a,
+                                 test_loss=1.0 if np.isfinite(a) else NAN, control_bytes=0))
     w.close()
     return path
 

@@ -19,6 +19,8 @@ import pytest
 
 from fedmrn_mpi.report import main_report
 from fedmrn_mpi.results import PHASES, REPRO_ATTRS, ResultsWriter, load_run, state_sha256
+from fedmrn_mpi.results.schema import FORMAT_VERSION_ATTR, RoundRow
+from result_rows import round_row
 
 ROOT = Path(__file__).resolve().parents[2]
 CPR, WORLD = 2, 3
@@ -30,15 +32,10 @@ REPRO = {"torch_version": "2.3.0+cpu", "numpy_version": "1.26.4", "device_type":
          "cudnn_version": "none", "cublas_version": "none"}
 
 
-def _row(r: int) -> dict:
+def _row(r: int) -> RoundRow:
     """One round as the runner hands it to ResultsWriter.append_round."""
-    return {"round": r, "test_accuracy": 0.1 * r, "test_loss": 2.0 - 0.1 * r, "train_loss": 1.0 / r,
-            "uplink_bytes": 300 * r, "downlink_bytes": 4000, "wall_seconds": 0.5, "resync": int(r == 1),
-            "digest_mismatches": 0, "control_bytes": 64 + r, "state_bytes": 0,
-            "phase_seconds": np.full(len(PHASES), 0.05), "clients_sampled": [2 * r, 2 * r + 1],
-            "clients_rank": [1, 2], "clients_uplink_bytes": [150 * r, 150 * r], "clients_train_loss": [1.0, 0.5],
-            "skipped_clients": 0, "clients_skipped": [0, 0],
-            "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.05)}
+    return round_row(r, WORLD, client_uplink=(150 * r, 150 * r), test_accuracy=0.1 * r, test_loss=2.0 - 0.1 * r,
+                     train_loss=1.0 / r, downlink_bytes=4000, resync=int(r == 1), control_bytes=64 + r)
 
 
 def _state() -> dict[str, np.ndarray]:
@@ -159,9 +156,10 @@ def test_written_file_reads_back_with_control_bytes_and_the_model(tmp_path):
         assert f["ranks/phase_seconds"].shape == (3, WORLD, len(PHASES))
 
 
-def test_older_file_without_control_bytes_and_its_resume(tmp_path):
+def test_unversioned_file_without_control_bytes_and_its_resume(tmp_path):
     path = write_results(tmp_path / "old.h5", "old", rounds=2, finish=False)
-    with h5py.File(path, "a") as f:  # as an older version wrote it
+    with h5py.File(path, "a") as f:  # as a version before format_version wrote it
+        del f.attrs[FORMAT_VERSION_ATTR]
         del f["rounds/control_bytes"]
         for key in REPRO_ATTRS:
             del f.attrs[key]
@@ -172,7 +170,9 @@ def test_older_file_without_control_bytes_and_its_resume(tmp_path):
     w = ResultsWriter.reopen(str(path), 2, {}, WORLD)
     w.append_round(_row(3))
     w.finalize(_state(), {})
-    assert load_run(path).control_bytes.tolist() == [-1, -1, 67]
+    run = load_run(path)
+    assert run.control_bytes.tolist() == [-1, -1, 67]
+    assert run.format_version == (0, 0)  # still unversioned: its first rows do not hold what 1.0 promises
 
 
 # ------------------------------------------------------------------------------------------- reproducibility

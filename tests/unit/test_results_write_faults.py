@@ -21,7 +21,8 @@ import pytest
 from fedmrn_mpi.report.status import status_lines
 from fedmrn_mpi.results import PHASES, ResultsWriter, load_run
 from fedmrn_mpi.results.errors import WriteError, describe_write_failure
-from fedmrn_mpi.results.schema import CLIENT_FIELDS, RANK_FIELDS, ROUND_FIELDS
+from fedmrn_mpi.results.schema import (CLIENT_FIELDS, RANK_FIELDS, ROUND_FIELDS, ClientColumns, RankColumns,
+                                       RoundRow)
 from fedmrn_mpi.results.writer import ROWS_WRITTEN, completed_rows, open_for_reading
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,14 +31,13 @@ ATTRS = {"config_yaml": "run_name: wf\nrounds: 40\n", "world_size": WORLD, "algo
          "hosts": ["a", "b"]}
 
 
-def row(r: int) -> dict:
+def row(r: int) -> RoundRow:
     """Round r's row with every field the schema has (so this keeps up with schema additions)."""
-    out = {name: r for name in ROUND_FIELDS}
-    out.update({"test_accuracy": 0.01 * r, "phase_seconds": np.full(len(PHASES), 0.1 * r),
-                "rank_phase_seconds": np.full((WORLD, len(PHASES)), 0.1 * r)})
-    out.update({"clients_" + name: [r, r + 1] for name in CLIENT_FIELDS})
-    out.update({"rank_" + name: np.full(WORLD, r) for name in RANK_FIELDS})
-    return out
+    return RoundRow(**{**{name: r for name in ROUND_FIELDS}, "test_accuracy": 0.01 * r},
+                    phase_seconds=np.full(len(PHASES), 0.1 * r),
+                    clients=ClientColumns(**{name: np.array([r, r + 1]) for name in CLIENT_FIELDS}),
+                    ranks=RankColumns(np.full((WORLD, len(PHASES)), 0.1 * r),
+                                      **{name: np.full(WORLD, r) for name in RANK_FIELDS}))
 
 
 def _child(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -252,10 +252,10 @@ def test_plan_start_resumes_a_killed_file_and_checks_its_rows(tmp_path):
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), ["rounds=5"])
     path = tmp_path / "k.h5"
     assert _killed_in_row_3(path).returncode == -signal.SIGKILL
-    payload = {**_ckpt(3.0, 4), "identity": resume_identity(cfg), "pending": {"round": 3}}
+    payload = {**_ckpt(3.0, 4), "identity": resume_identity(cfg), "pending": row(3).to_dict()}
     save_checkpoint(checkpoint_dir(str(path)), 3, payload)
     start = plan_start(cfg, str(path), resume=True)
     assert (start.round, start.rows) == (4, 2)
-    save_checkpoint(checkpoint_dir(str(path)), 4, {**payload, "pending": {"round": 4}})  # needs rows 1..3
+    save_checkpoint(checkpoint_dir(str(path)), 4, {**payload, "pending": row(4).to_dict()})  # needs rows 1..3
     with pytest.raises(CheckpointError, match="holds 2 complete rounds"):
         plan_start(cfg, str(path), resume=True)

@@ -90,8 +90,8 @@ def test_compare_configs_weight_clients_by_batches_and_fedbat_uses_rho_6() -> No
         c = load_config(p)
         assert c.algorithm.weighting == "batches", p.name
         assert c.seed == 1234 and c.run_name == f"compare-{p.stem}"
-    assert load_config(COMPARE / "iid-fedbat.yaml").algorithm.rho == 6.0
-    assert load_config(None, ["algorithm.name=fedbat"]).algorithm.rho == 6.0  # also the default now
+    assert load_config(COMPARE / "iid-fedbat.yaml").algorithm.options.rho == 6.0
+    assert load_config(None, ["algorithm.name=fedbat"]).algorithm.options.rho == 6.0  # also the default now
 
 
 # ----------------------------------------------------------------------------------------------- --seeds

@@ -18,7 +18,8 @@ import torch
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton): no kernel tests")
 tl = triton.language
 
-from fedmrn_mpi.algorithms import aggregate, make_algorithm, model_spec  # noqa: E402
+from fedmrn_mpi.algorithms import make_algorithm, model_spec  # noqa: E402
+from algo_helpers import aggregate  # noqa: E402
 from fedmrn_mpi.algorithms import fedmrn_kernels as fk  # noqa: E402
 from fedmrn_mpi.algorithms.fedmrn import (hard_share, mask_probability, masked_noise,  # noqa: E402
                                           probability_from_ratio, clipped_ratio)
@@ -314,7 +315,7 @@ def _setup(*overrides):
     model = _Tiny()
     spec = model_spec(model)
     state = {k: v.detach().clone() for k, v in global_state(model).items()}
-    ref, fast = make_algorithm(cfg, spec), make_algorithm(cfg, spec)
+    ref, fast = (make_algorithm(cfg.algorithm.options, spec, cfg.seed) for _ in range(2))
     ref.kernels, fast.kernels = "reference", "triton"
     return cfg, spec, state, ref, fast
 

@@ -5,6 +5,7 @@ import pytest
 
 from fedmrn_mpi.config import ConfigError, load_config
 from fedmrn_mpi.run import watchdog as W
+from fedmrn_mpi.run.events import Events
 
 
 def test_round_limit_rules() -> None:
@@ -49,29 +50,33 @@ def test_rank0_names_the_stuck_rank_once_the_round_is_too_old(monkeypatch) -> No
     now = [1000.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: now[0])
     t = _Transport(server=True)
-    dog = W.Watchdog(10.0, t)
-    dog.check()  # before the first round: no limit
-    dog.start(3)
+    notes = W.ProgressNotes(t)
+    events = Events([notes, W.Watchdog(10.0, t, notes)])
+    events.poll()  # before the first round: no limit
+    events.opening(3)
     t.notes = [(1, np.array([3, W.UPLOADS])), (2, np.array([3, W.MODEL]))]
     now[0] += 10.0
-    dog.check()  # exactly at the limit: still fine
+    events.poll()  # exactly at the limit: still fine
     now[0] += 0.5
     with pytest.raises(W.RoundTimeout, match=r"round 3 exceeded round_timeout \(10 s, 10 s so far\): rank\(s\) \[2\] "
                                              r"have not reported \(rank 2 was training"):
-        dog.check()
-    dog.done(2.0)
-    dog.start(4)  # a new round starts a new clock
-    dog.check()
+        events.poll()
+    events.round_done(3, 2.0)
+    events.opening(4)  # a new round starts a new clock
+    events.poll()
 
 
 def test_client_ranks_wait_longer_than_rank0_and_report_their_progress(monkeypatch) -> None:
     now = [0.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: now[0])
     t = _Transport(server=False)
-    dog = W.Watchdog(10.0, t)
-    dog.start(2)
-    dog.reached(W.MODEL)
-    assert t.sent == [[2, W.MODEL]]
+    notes = W.ProgressNotes(t)
+    dog = W.Watchdog(10.0, t, notes)
+    events = Events([notes, dog])
+    events.opening(2)
+    events.model_received(2)
+    events.uploads_ready(2)
+    assert t.sent == [[2, W.MODEL], [2, W.UPLOADS]]
     now[0] += 10.0 * W.CLIENT_FACTOR + W.CLIENT_MARGIN_SECONDS
     dog.check()
     now[0] += 1
@@ -82,8 +87,8 @@ def test_client_ranks_wait_longer_than_rank0_and_report_their_progress(monkeypat
 def test_off_never_fires(monkeypatch) -> None:
     now = [0.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: now[0])
-    dog = W.Watchdog(0, _Transport(server=True))
-    dog.start(1)
+    dog = W.Watchdog(0, _Transport(server=True), None)
+    dog.opening(1)
     now[0] += 1e9
     dog.check()
 
@@ -91,12 +96,12 @@ def test_off_never_fires(monkeypatch) -> None:
 def test_setup_has_the_start_up_limit_unless_off(monkeypatch) -> None:
     now = [0.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: now[0])
-    dog = W.Watchdog(4.0, _Transport(server=True))  # a short round limit does not apply to set-up
+    dog = W.Watchdog(4.0, _Transport(server=True), None)  # a short round limit does not apply to set-up
     now[0] = W.AUTO_START_SECONDS
     dog.check()
     now[0] += 1
     with pytest.raises(W.RoundTimeout, match="set-up took more than 1800 s"):
         dog.check()
-    off = W.Watchdog(0, _Transport(server=True))
+    off = W.Watchdog(0, _Transport(server=True), None)
     now[0] += 1e9
     off.check()

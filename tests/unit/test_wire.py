@@ -69,9 +69,7 @@ def test_announced_sizes_beyond_the_model_bound_are_refused_before_allocating():
 def test_upload_limits_follow_the_assignment_and_the_payload_bound():
     from types import SimpleNamespace
 
-    import numpy as np
 
-    from fedmrn_mpi.run.roles import upload_limits
-    su = SimpleNamespace(algo=SimpleNamespace(payload_nbytes=lambda: 1000))
-    plan = SimpleNamespace(assignment={1: [3, 4], 2: [5]})
-    assert upload_limits(su, plan, 3).tolist() == [0, 2 * (HEADER_SIZE + 1000), HEADER_SIZE + 1000]
+    from fedmrn_mpi.run.plan import upload_limits
+    algo = SimpleNamespace(payload_nbytes=lambda: 1000)
+    assert upload_limits(algo, {1: [3, 4], 2: [5]}, 3).tolist() == [0, 2 * (HEADER_SIZE + 1000), HEADER_SIZE + 1000]

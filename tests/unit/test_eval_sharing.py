@@ -1,4 +1,4 @@
-"""Evaluation shared out over the ranks (run/evaluation.py): any split of the test blocks gives the same numbers
+"""Evaluation shared out over the ranks (run/eval_sharing.py): any split of the test blocks gives the same numbers
 as one rank evaluating everything, and the split follows the ranks' measured speed."""
 
 import numpy as np
@@ -6,22 +6,22 @@ import pytest
 import torch
 
 from fedmrn_mpi.config import load_config
-from fedmrn_mpi.run.evaluation import Balancer, Shard, split_blocks
-from fedmrn_mpi.run.setup import prepare
-from fedmrn_mpi.training.evaluate import block_size_for, evaluate, evaluate_blocks, num_blocks
+from fedmrn_mpi.run.eval_sharing import Balancer, Shard, split_blocks
+from fedmrn_mpi.run.setup import build_setup
+from fedmrn_mpi.training.block_scores import block_size_for, evaluate, evaluate_blocks, num_blocks
 
 from conftest import ROOT
 
 
 class _OneRank:
-    """The transport facts prepare() reads, for one process."""
+    """The transport facts build_setup() reads, for one process."""
     rank, size, local_rank, local_size, is_server, runs_clients, client_ranks = 0, 1, 0, 1, True, True, [0]
 
 
 @pytest.fixture(scope="module")
 def setup():
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.synthetic_test=333"])
-    return prepare(cfg, _OneRank())
+    return build_setup(cfg, _OneRank())
 
 
 def _random_state(su, seed=0):

@@ -7,14 +7,14 @@ import re
 from collections.abc import Sequence
 
 from ..results import Run
-from ..results.partition import PartitionSummary, summarize_partition
+from ..results.partition_summary import PartitionSummary, summarize_partition
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 100
 
 
 def partition_summary(run: Run) -> PartitionSummary | None:
-    """The run's partition in numbers, or None where the file records none (older versions) or no clients.
+    """The run's partition in numbers, or None where the file records none or no clients.
 
     Sizes come from partition/sizes, else from the label counts' row sums."""
     return summarize_partition(run.partition_sizes, run.label_counts)

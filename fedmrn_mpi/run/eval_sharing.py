@@ -5,7 +5,7 @@ round (rank 0 among them) evaluate their blocks as soon as the model arrives; th
 training. The split gives each rank blocks in proportion to the time it has left before the slowest rank
 would finish: measured seconds per block and per training sample of every rank (water filling), so busy
 ranks get fewer blocks. Each rank's per-block sums travel in the rank report the round gathers anyway, and rank
-0 adds the blocks in block order (training/evaluate.py): the numbers do not depend on the split.
+0 adds the blocks in block order (training/block_scores.py): the numbers do not depend on the split.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..training.evaluate import combine_blocks, evaluate_blocks, num_blocks
+from ..training.block_scores import combine_blocks, evaluate_blocks, num_blocks
 from .setup import Setup
 
 # a forward pass costs about a third of a training step per sample; used until a rank has evaluated once
@@ -82,9 +82,9 @@ def _fill(values: np.ndarray) -> np.ndarray:
 class Shard:
     """One rank's part: its blocks of the test set, evaluated on the model it holds."""
 
-    def __init__(self, su: Setup, block_size: int) -> None:
-        self.su, self.block_size = su, block_size
-        self.total = num_blocks(su.num_test, block_size)
+    def __init__(self, setup: Setup, block_size: int) -> None:
+        self.setup, self.block_size = setup, block_size
+        self.total = num_blocks(setup.num_test, block_size)
 
     def row_size(self) -> int:
         """Values this rank adds to its rank report: loss and correct count of every block."""
@@ -94,14 +94,14 @@ class Shard:
         """Per-block (loss sums, correct counts) for blocks [lo, hi), zeros elsewhere, as one float64 row."""
         row = np.zeros(2 * self.total)
         if hi > lo:
-            first, last = lo * self.block_size, min(hi * self.block_size, self.su.num_test)
-            x, y = self.su.test_data(first, last)
-            loss, correct = evaluate_blocks(self.su.model, self.su.algo.eval_state(state, round_), x, y,
-                                            self.block_size, self.su.eval_transform)
+            first, last = lo * self.block_size, min(hi * self.block_size, self.setup.num_test)
+            x, y = self.setup.test_data(first, last)
+            loss, correct = evaluate_blocks(self.setup.model, self.setup.algo.eval_state(state, round_), x, y,
+                                            self.block_size, self.setup.eval_transform)
             row[lo:hi], row[self.total + lo: self.total + hi] = loss, correct
         return row
 
     def combine(self, table: np.ndarray) -> tuple[float, float]:
         """(accuracy, loss) from every rank's row: each block is non-zero in exactly one row."""
         sums = table.sum(axis=0)  # one non-zero term per column: exact
-        return combine_blocks(sums[: self.total], sums[self.total:].astype(np.int64), self.su.num_test)
+        return combine_blocks(sums[: self.total], sums[self.total:].astype(np.int64), self.setup.num_test)
