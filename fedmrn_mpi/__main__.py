@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"fedmrn-mpi: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from .training.precision import precision_problem
+    if problem := precision_problem(cfg.precision, cfg.allow_emulated_bf16, cfg.device):
+        if rank == 0:  # the same machine type on every rank: one line, before any MPI work
+            print(f"fedmrn-mpi: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     out = args.output or os.path.join(cfg.results_dir, f"{cfg.run_name}.h5")
 
     from .algorithms.aggregate import BadUpdateError

@@ -54,6 +54,7 @@ __all__ = [
 WEIGHTINGS: tuple[str, ...] = ("samples", "batches")
 DOWNLINKS: tuple[str, ...] = ("model", "masks")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # training/precision.py
 BAD_UPDATES: tuple[str, ...] = ("abort", "skip")
 
 
@@ -212,6 +213,11 @@ class Config:
     bn_recalibrate: bool = _opt(False, "clients re-estimate the BatchNorm running statistics for the model the "
                                 "server rebuilds from their upload and send those; false = the trained model's, "
                                 "as the reference code")
+    precision: str = _opt("fp32", "arithmetic of the forward and backward passes of training and evaluation: fp32, "
+                          "or bf16 (autocast; weights, updates, codecs, aggregation stay float32; docs/precision.md)",
+                          choices=PRECISIONS)
+    allow_emulated_bf16: bool = _opt(False, "run precision: bf16 on a CPU or GPU without native bfloat16 "
+                                     "(emulated, slower than fp32) instead of refusing the config")
     eval_batch_size: int = _opt(0, "test images per forward pass; 0 = 100 on the CPU (cache-sized), 1000 on CUDA",
                                 ge=0)
     log_every: int = _opt(1, "print progress every N rounds", ge=1)

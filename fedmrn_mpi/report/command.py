@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .front import EXIT_ERROR, parse_and_load
 from .plots import write_plots
-from .repro import repro_warning
+from .repro import precision_warning, repro_warning
 from .scaling import scaling_groups
 from .seeds import seed_groups
 from .table import display_names, partition_table, scaling_table, seed_table, summary_table, target_table
@@ -72,10 +72,10 @@ def main_report(argv: Sequence[str]) -> int:
     if seeds.groups or seeds.notes:
         print()
         print(seed_table(seeds, runs, args.target))
-    warning = repro_warning(runs)
-    if warning:
-        print()
-        print(warning)
+    for warning in (precision_warning(runs), repro_warning(runs)):
+        if warning:
+            print()
+            print(warning)
     groups = scaling_groups(runs)
     if groups:
         print()

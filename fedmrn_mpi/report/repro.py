@@ -26,6 +26,15 @@ def repro_differences(runs: Sequence[Run]) -> list[tuple[str, list[tuple[str, st
     return diffs
 
 
+def precision_warning(runs: Sequence[Run]) -> str | None:
+    """A warning when the compared runs trained in different precisions (their accuracy and speed then differ
+    for that reason too), or None."""
+    if len({r.precision for r in runs}) < 2:
+        return None
+    return ("warning: these runs differ in precision (docs/precision.md): "
+            + ", ".join(f"{n}={r.precision}" for n, r in zip(display_names(runs), runs)))
+
+
 def repro_warning(runs: Sequence[Run]) -> str | None:
     """The warning line for `runs`, or None when they agree (or fewer than two runs are compared)."""
     if len(runs) < 2:

@@ -93,6 +93,12 @@ class Run:
         return _config(self.config_yaml)
 
     @property
+    def precision(self) -> str:
+        """The arithmetic of training and evaluation: "fp32" or "bf16" (files from before the key: fp32)."""
+        p = self.config.get("precision", "fp32")
+        return p if isinstance(p, str) else "fp32"
+
+    @property
     def seed(self) -> int | None:
         """The config's `seed`, or None where the file records none."""
         s = self.config.get("seed")

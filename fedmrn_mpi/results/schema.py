@@ -127,6 +127,7 @@ NUM_MASKED_PARAMS = "num_masked_params"
 NUM_UNMASKED_VALUES = "num_unmasked_values"
 PAYLOAD_BYTES_PER_CLIENT = "payload_bytes_per_client"
 PAYLOAD_IS_BOUND = "payload_is_bound"
+PRECISION = "precision"  # fp32 or bf16 (the config key; files without it are fp32)
 PAYLOAD_BITS_PER_PARAM = "payload_bits_per_param"
 ROUNDS_COMPLETED = "rounds_completed"
 TOTAL_SECONDS = "total_seconds"

@@ -97,7 +97,7 @@ class Shard:
             first, last = lo * self.block_size, min(hi * self.block_size, self.setup.num_test)
             x, y = self.setup.test_data(first, last)
             loss, correct = evaluate_blocks(self.setup.model, self.setup.algo.eval_state(state, round_), x, y,
-                                            self.block_size, self.setup.eval_transform)
+                                            self.block_size, self.setup.eval_transform, self.setup.local.precision)
             row[lo:hi], row[self.total + lo: self.total + hi] = loss, correct
         return row
 

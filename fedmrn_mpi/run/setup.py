@@ -23,7 +23,7 @@ from ..models import build_model, global_state
 from ..results.schema import (ALGORITHM, CONFIG_SHA256, CONFIG_YAML, CPU_CAPABILITY, CPU_MACHINE_ATTRS, DATA_SOURCE,
                               DEVICE_TYPE, GIT_REVISION, GPU_MACHINE_ATTRS, GPU_NAMES, HOSTS, MPI_LIBRARY,
                               NUM_MASKED_PARAMS, NUM_UNMASKED_VALUES, NUMPY_VERSION, PAYLOAD_BITS_PER_PARAM,
-                              PAYLOAD_BYTES_PER_CLIENT, PAYLOAD_IS_BOUND, PYTHON_VERSION, RANK_DEVICES,
+                              PAYLOAD_BYTES_PER_CLIENT, PAYLOAD_IS_BOUND, PRECISION, PYTHON_VERSION, RANK_DEVICES,
                               RANK_GPU_NAMES, RANK_HOSTS, RANK_SETUP_SECONDS, RANK_THREADS, THREADS_PER_RANK,
                               TORCH_VERSION, UNKNOWN, VERSION, WORLD_SIZE, WORLD_SIZES)
 from ..rng.seeds import derive_seed
@@ -99,7 +99,8 @@ def build_setup(cfg: Config, transport: Transport, poll: Callable[[], None] | No
                local=LocalTraining(root_seed=root, lr=cfg.lr, batch_size=cfg.batch_size,
                                    local_epochs=cfg.local_epochs, weighting=cfg.algorithm.weighting,
                                    transform=data.train_transform, augment=data.augment, poll=poll,
-                                   bn_recalibrate=cfg.bn_recalibrate, server_lr=cfg.server_lr),
+                                   bn_recalibrate=cfg.bn_recalibrate, server_lr=cfg.server_lr,
+                                   precision=cfg.precision),
                state={n: t.detach().clone() for n, t in global_state(model).items()},
                eval_transform=data.test_transform, client_data=data.client, test_data=data.test,
                num_test=data.num_test, data_source=data.source)
@@ -179,6 +180,7 @@ def environment_attrs(cfg: Config, setup: Setup, transport: Transport, facts: li
         # sent are in clients/uplink_bytes
         PAYLOAD_BYTES_PER_CLIENT: setup.algo.payload_nbytes(),
         PAYLOAD_IS_BOUND: bool(setup.algo.variable_payload),
+        PRECISION: cfg.precision,
         # uplink bits per value of the model state (payload only; the 56-byte header adds 448 bits per message)
         PAYLOAD_BITS_PER_PARAM: 8 * setup.algo.payload_nbytes() / (setup.spec.num_masked + setup.spec.num_unmasked),
     }

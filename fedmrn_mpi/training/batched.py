@@ -36,6 +36,7 @@ from torch.func import functional_call, vmap
 
 from ..algorithms import Algorithm, ClientContext
 from .local import ClientResult, ClientRun, LocalTraining, train_steps
+from .precision import autocast, full_precision
 
 __all__ = ["train_clients_batched"]
 
@@ -71,7 +72,7 @@ def train_clients_batched(model: nn.Module, algo: Algorithm, global_state: dict[
 
 def _loss(model: nn.Module, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One client's batch loss (train mode: BN updates `buffers` in place)."""
-    return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+    return F.cross_entropy(full_precision(functional_call(model, {**params, **buffers}, (x,))), y)
 
 
 def _group_batch(group: list[ClientRun], settings: LocalTraining) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +101,8 @@ def vmap_step(model: nn.Module, group: list[ClientRun], client_params: list, set
     images, y = _group_batch(group, settings)
     xs = settings.transform(images)
     x = xs.reshape(k, -1, *xs.shape[1:])
-    losses = vmap(functools.partial(_loss, model))(params, buffers, x, y)
+    with autocast(settings.precision, x.device):  # the loss itself is taken from float32 logits
+        losses = vmap(functools.partial(_loss, model))(params, buffers, x, y)
     with torch.no_grad():
         if counters:
             steps = torch._foreach_sub(counters, before)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import forward
+from .precision import autocast, full_precision
 
 #: test images per forward pass when the config says 0: activations of 100 CNN4 images stay in a CPU core's
 #: cache (1,000 ran at 1,935 images/s on one core against 3,625 at 100); GPUs want larger batches
@@ -32,16 +33,17 @@ def num_blocks(num_samples: int, block_size: int) -> int:
 
 @torch.no_grad()
 def evaluate_blocks(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    block_size: int, transform=lambda t: t) -> tuple[np.ndarray, np.ndarray]:
+                    block_size: int, transform=lambda t: t, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per block of `x`/`y` (which start at a block boundary): the summed cross-entropy (float64) and the
-    number of correct predictions (int64), BatchNorm in eval mode."""
+    number of correct predictions (int64), BatchNorm in eval mode; the forward under `precision`."""
     model.eval()
     n = num_blocks(int(x.shape[0]), block_size)
     loss = torch.zeros(n, dtype=torch.float64, device=x.device)
     correct = torch.zeros(n, dtype=torch.int64, device=x.device)
     for b in range(n):
         sl = slice(b * block_size, (b + 1) * block_size)
-        logits = forward(model, state, transform(x[sl]))
+        with autocast(precision, x.device):
+            logits = full_precision(forward(model, state, transform(x[sl])))
         yb = y[sl]
         loss[b] = F.cross_entropy(logits, yb, reduction="sum").double()
         correct[b] = (logits.argmax(1) == yb).sum()

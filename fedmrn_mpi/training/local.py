@@ -13,6 +13,7 @@ from torch import nn
 
 from ..algorithms import Algorithm, ClientContext
 from ..models import forward
+from .precision import autocast, full_precision
 from ..rng.seeds import derive_seed, torch_generator
 from .bn_recalibrate import recalibrate_upload
 
@@ -41,6 +42,7 @@ class LocalTraining:
     # (training/bn_recalibrate.py); server_lr is the run's, which that rebuild applies
     bn_recalibrate: bool = False
     server_lr: float = 1.0
+    precision: str = "fp32"  # "bf16": forward and backward under autocast (training/precision.py)
 
     def context(self, round_: int, client_id: int, num_samples: int, device: torch.device) -> ClientContext:
         """All per-(round, client) seeds come from named streams of the root seed."""
@@ -217,8 +219,9 @@ def train_steps(model: nn.Module, runs: list[ClientRun], settings: LocalTraining
 def _forward_backward(model: nn.Module, run: ClientRun, params: dict[str, torch.Tensor], settings: LocalTraining):
     """One client's forward (train mode: BN statistics update `run.problem.buffers` in place) and gradients."""
     xb, yb = run.batch()
-    logits = forward(model, {**params, **run.problem.buffers}, settings.transform(xb))
-    loss = F.cross_entropy(logits, yb)
+    with autocast(settings.precision, xb.device):
+        logits = forward(model, {**params, **run.problem.buffers}, settings.transform(xb))
+    loss = F.cross_entropy(full_precision(logits), yb)
     return torch.autograd.grad(loss, run.leaves), loss
 
 

@@ -43,10 +43,12 @@ def _state() -> dict[str, np.ndarray]:
             "fc.bias": np.array([0.25, -0.5, 3.0], dtype=np.float32)}
 
 
-def write_results(path: Path, name: str, rounds: int = 3, finish: bool = True, **attrs) -> Path:
+def write_results(path: Path, name: str, rounds: int = 3, finish: bool = True, precision: str | None = None,
+                  **attrs) -> Path:
     """A small finished (or unfinished) results file written by ResultsWriter; `attrs` override the
-    reproducibility attributes (None drops one)."""
+    reproducibility attributes (None drops one); `precision`: the config key (absent, as in older files, if None)."""
     cfg = f"run_name: {name}\nrounds: {rounds}\nclients_per_round: {CPR}\nalgorithm:\n  name: fedmrn\n  mask: binary\n"
+    cfg += f"precision: {precision}\n" if precision else ""
     root = {"config_yaml": cfg, "version": "0.1.0", "world_size": WORLD, "algorithm": "fedmrn",
             "num_masked_params": 12, "num_unmasked_values": 3, **REPRO, **attrs}
     w = ResultsWriter(str(path), {k: v for k, v in root.items() if v is not None}, CPR, WORLD)
@@ -202,4 +204,15 @@ def test_no_warning_for_matching_runs_or_only_missing_attributes(tmp_path, capsy
     assert _warning_lines(capsys.readouterr().out) == []
     odd = write_results(tmp_path / "odd.h5", "odd", torch_version="2.4.0")
     assert main_report([str(odd)]) == 0  # a single run compares with nothing
+    assert _warning_lines(capsys.readouterr().out) == []
+
+
+def test_report_warns_when_runs_differ_in_precision(tmp_path, capsys):
+    a = write_results(tmp_path / "a.h5", "a")  # no precision key: an older file, fp32
+    b = write_results(tmp_path / "b.h5", "b", precision="bf16")
+    c = write_results(tmp_path / "c.h5", "c", precision="fp32")
+    assert main_report([str(a), str(b), str(c)]) == 0
+    assert _warning_lines(capsys.readouterr().out) == [
+        "warning: these runs differ in precision (docs/precision.md): a=fp32, b=bf16, c=fp32"]
+    assert main_report([str(a), str(c)]) == 0
     assert _warning_lines(capsys.readouterr().out) == []
