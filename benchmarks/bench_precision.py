@@ -30,7 +30,7 @@ from fedmrn_mpi.config import load_config  # noqa: E402
 from fedmrn_mpi.models import build_model, global_state  # noqa: E402
 from fedmrn_mpi.training import LocalTraining  # noqa: E402
 from fedmrn_mpi.training.local import ClientRun, train_steps, _forward_backward  # noqa: E402
-from fedmrn_mpi.training.precision import cpu_has_native_bf16  # noqa: E402
+from fedmrn_mpi.run.machine import BF16_CPU_FLAGS, cpu_flags  # noqa: E402
 
 SHAPES = {"cnn4": (1, 28), "cnn8": (3, 32)}
 CPU = torch.device("cpu")
@@ -76,7 +76,7 @@ def resolution(model_name: str, batch: int) -> dict:
         if precision == "bf16":
             rel = []
             for name in spec.masked:
-                w, nq = state[name], params[name].detach() - state[name]
+                nq = params[name].detach() - state[name]
                 err = (params[name].detach().bfloat16().float() - params[name].detach()).abs()
                 mask = nq.abs() > 0
                 rel.append((err[mask] / nq.abs()[mask]).median().item())
@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    print(f"native bf16 on this CPU: {cpu_has_native_bf16()}; torch {torch.__version__}; {args.threads} thread(s)")
+    print(f"native bf16 on this CPU: {bool(cpu_flags() & set(BF16_CPU_FLAGS))}; torch {torch.__version__}; {args.threads} thread(s)")
     print(f"{'model':6} {'batch':>5} {'algorithm':9} {'fp32 ms':>8} {'bf16 ms':>8} {'fp32/bf16':>9}")
     for item in args.configs.split(","):
         model_name, batch = item.split(":")

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"fedmrn-mpi: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from .training.precision import precision_problem
+    from .run.machine import precision_problem
     if problem := precision_problem(cfg.precision, cfg.allow_emulated_bf16, cfg.device):
         if rank == 0:  # the same machine type on every rank: one line, before any MPI work
             print(f"fedmrn-mpi: config error: {problem}", file=sys.stderr)

@@ -264,3 +264,34 @@ def machine_identity(device: torch.device) -> dict[str, str]:
     return {"cpu_model": cpu_model(info), "cpu_flags_sha256": cpu_flags_sha256(info), "cpu_caches": cpu_caches(),
             "onednn_isa": onednn_isa(), "mkl_isa": mkl_isa(), "cpu_kernel_settings": kernel_settings(),
             **gpu_identity(device)}
+
+
+# x86 /proc/cpuinfo flags of native bf16 arithmetic: AVX512-BF16 (dot products) and AMX-BF16 (tile matmuls);
+# Arm: the `bf16` feature
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(info: dict[str, str] | None = None) -> set[str]:
+    """The instruction-set flags of the first processor (x86 `flags`, Arm `Features`; empty where unknown)."""
+    info = _cpuinfo() if info is None else info
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+def precision_problem(precision: str, allow_emulated: bool, device: str, flags: set[str] | None = None,
+                      cuda_bf16: bool | None = None) -> str | None:
+    """Why `precision` cannot run natively on this machine's `device` ("cpu", "cuda" or "auto"), or None
+    (training/precision.py; docs/precision.md)."""
+    if precision != "bf16" or allow_emulated:
+        return None
+    import torch
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        ok = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        return None if ok else ("precision: bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer); "
+                                "set allow_emulated_bf16: true to run it emulated (slow)")
+    flags = cpu_flags() if flags is None else flags
+    if flags & set(BF16_CPU_FLAGS):
+        return None
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "asimd", "sve")))
+    return (f"precision: bf16 needs native bfloat16 on the CPU (AVX512-BF16 or AMX-BF16), and this CPU has "
+            f"{', '.join(isa[-6:]) or 'no such extension'}; set allow_emulated_bf16: true to run bf16 emulated "
+            f"(slower than fp32), or keep precision: fp32")

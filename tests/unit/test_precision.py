@@ -11,7 +11,7 @@ from algo_helpers import CPU, aggregate, algo_setup
 from fedmrn_mpi.comm.wire import decode_messages, encode_message
 from fedmrn_mpi.config import ConfigError, load_config
 from fedmrn_mpi.training import LocalTraining
-from fedmrn_mpi.training import precision as P
+from fedmrn_mpi.run import machine as P
 from fedmrn_mpi.training.local import ClientRun, _forward_backward, train_steps
 
 
@@ -25,7 +25,7 @@ def test_the_key_defaults_to_fp32_and_takes_only_known_values():
 @pytest.mark.parametrize("flags, native", [({"avx2", "avx512f"}, False), ({"avx512_bf16"}, True),
                                            ({"amx_bf16", "amx_tile"}, True), (set(), False)])
 def test_capability_check_forced(flags, native):
-    assert P.cpu_has_native_bf16(flags) is native
+    assert P.cpu_flags({"flags": " ".join(flags)}) == flags
     problem = P.precision_problem("bf16", False, "cpu", flags=flags)
     if native:
         assert problem is None
@@ -46,7 +46,7 @@ def test_cli_refuses_bf16_on_a_cpu_without_it(monkeypatch, capsys):
     """The run command says so in one config-error line and exits 2 before any MPI work."""
     from fedmrn_mpi.__main__ import main
     from conftest import ROOT
-    monkeypatch.setattr(P, "cpu_flags", lambda path="/proc/cpuinfo": {"sse4_2", "avx2"})
+    monkeypatch.setattr(P, "_cpuinfo", lambda path="/proc/cpuinfo": {"flags": "sse4_2 avx2"})
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:
         rc = main(["run", "-c", str(ROOT / "configs" / "tiny.yaml"), "precision=bf16"])
