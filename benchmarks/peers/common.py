@@ -9,6 +9,7 @@ of fedmrn_mpi's initial model, so every side starts from the same weights and tr
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -80,9 +81,18 @@ def init_checksum(model: nn.Module) -> float:
     return float(sum(v.double().abs().sum() for v in float_state(model).values()))
 
 
+def amp(precision: str):
+    """The user-side mixed precision a peer without a precision option of its own gets: torch.autocast to
+    bfloat16 around the forward pass ("bf16"), nothing ("fp32")."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: use fp32 or bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, batch_size: int, epochs: int,
-                seed: int) -> float:
-    """Plain SGD (no momentum, no weight decay) over shuffled minibatches; returns the mean batch loss."""
+                seed: int, precision: str = "fp32") -> float:
+    """Plain SGD (no momentum, no weight decay) over shuffled minibatches, the forward under `amp(precision)`;
+    returns the mean batch loss."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -91,7 +101,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, b
         perm = torch.randperm(len(x), generator=gen)
         for b in range(0, len(x), batch_size):
             idx = perm[b:b + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with amp(precision):
+                loss = F.cross_entropy(model(x[idx]).float(), y[idx])  # float32 logits, as on every side
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,12 +112,15 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, b
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode over fixed batches."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             precision: str = "fp32") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` in eval mode over fixed batches, the forward under
+    `amp(precision)`."""
     model.eval()
     loss, correct = 0.0, 0
     for b in range(0, len(x), batch_size):
-        logits = model(x[b:b + batch_size])
+        with amp(precision):
+            logits = model(x[b:b + batch_size]).float()
         loss += float(F.cross_entropy(logits, y[b:b + batch_size], reduction="sum"))
         correct += int((logits.argmax(1) == y[b:b + batch_size]).sum())
     return loss / len(x), correct / len(x)

@@ -59,7 +59,8 @@ def _make_apps() -> tuple[ClientApp, ServerApp]:
         rnd = int(cfg["server-round"])
         t0 = time.perf_counter()
         loss = common.train_local(model, x, y, float(cfg["lr"]), int(cfg["batch_size"]), int(cfg["local_epochs"]),
-                                  seed=int(cfg["seed"]) * 1_000_003 + rnd * 1_009 + cid)
+                                  seed=int(cfg["seed"]) * 1_000_003 + rnd * 1_009 + cid,
+                                  precision=str(cfg["precision"]))
         content = RecordDict({"arrays": ArrayRecord(common.float_state(model)),
                               "metrics": MetricRecord({"train_loss": loss, "num-examples": len(x),
                                                        "train_seconds": time.perf_counter() - t0})})
@@ -85,7 +86,7 @@ def _make_apps() -> tuple[ClientApp, ServerApp]:
                 clock["t"] = time.perf_counter()
                 return None
             model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-            loss, acc = common.evaluate(model, x_test, y_test, task["eval_batch_size"])
+            loss, acc = common.evaluate(model, x_test, y_test, task["eval_batch_size"], RUN["precision"])
             now = time.perf_counter()
             RUN["rows"].append({"round": server_round, "wall_seconds": now - clock["t"], "test_accuracy": acc,
                                 "test_loss": loss})
@@ -96,7 +97,8 @@ def _make_apps() -> tuple[ClientApp, ServerApp]:
 
         train_config = ConfigRecord({"lr": float(task["lr"]), "batch_size": int(task["batch_size"]),
                                      "local_epochs": int(task["local_epochs"]), "seed": int(task["seed"]),
-                                     "threads": int(RUN["threads"]), "task": RUN["task_path"]})
+                                     "threads": int(RUN["threads"]), "task": RUN["task_path"],
+                                     "precision": RUN["precision"]})
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(common.float_state(model)),
                                 num_rounds=rounds, train_config=train_config, evaluate_fn=evaluate_fn)
         for row in RUN["rows"]:  # FedAvg's weighted mean over the round's clients (equal sizes: the plain mean)
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray resources per ClientApp (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: torch.autocast around the ClientApp's training and the ServerApp's evaluation "
+                         "(Flower has no precision option: training is the user's code)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     import flwr
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     from flwr.simulation import run_simulation
 
     task = common.load_task(args.task)
-    RUN.update(task=task, task_path=os.path.abspath(args.task), rounds=args.rounds, threads=args.threads, rows=[])
+    RUN.update(task=task, task_path=os.path.abspath(args.task), rounds=args.rounds, threads=args.threads, rows=[],
+               precision=args.precision)
     cpus = os.cpu_count() or 1
     backend_config = {"client_resources": {"num_cpus": args.cpus_per_client, "num_gpus": 0.0},
                       "init_args": {"num_cpus": cpus}}
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               "in_process_seconds": time.perf_counter() - t0,
               "versions": {"flwr": flwr.__version__, "ray": ray.__version__, "torch": torch.__version__,
                            "numpy": numpy.__version__},
-              "threads": args.threads, "cpus_per_client": args.cpus_per_client,
+              "threads": args.threads, "cpus_per_client": args.cpus_per_client, "precision": args.precision,
               "ray_actors": int(cpus // args.cpus_per_client),
               "processes": f"1 driver (ServerApp + simulation engine) + {int(cpus // args.cpus_per_client)} "
                            f"Ray actors (+ Ray's own daemons)"}

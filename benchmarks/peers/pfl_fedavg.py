@@ -54,12 +54,12 @@ class PflCNN4(common.CNN4):
 
     def loss(self, x, y, eval=False):  # noqa: A002 - pfl's keyword
         self.eval() if eval else self.train()
-        return F.cross_entropy(self(x), y)
+        return F.cross_entropy(self(x).float(), y)  # float32 logits under autocast, as on every side
 
     @torch.no_grad()
     def metrics(self, x, y, eval=True):  # noqa: A002
         self.eval() if eval else self.train()
-        logits = self(x)
+        logits = self(x).float()
         return {"loss": Weighted(float(F.cross_entropy(logits, y, reduction="sum")), len(x)),
                 "accuracy": Weighted(float((logits.argmax(1) == y).sum()), len(x))}
 
@@ -104,6 +104,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: pfl's own mixed precision, PyTorchModel(amp_dtype=torch.bfloat16), which autocasts "
+                         "local training and evaluation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = common.load_task(args.task)
@@ -125,7 +128,8 @@ def main() -> int:
     init = common.build_cnn4(task["init_seed"])
     net.load_state_dict(init.state_dict())
     model = PyTorchModel(model=net, local_optimizer_create=torch.optim.SGD,
-                         central_optimizer=torch.optim.SGD(net.parameters(), lr=1.0))
+                         central_optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+                         amp_dtype=torch.bfloat16 if args.precision == "bf16" else None)
     backend = SimulatedBackend(training_data=train_data, val_data=None, postprocessors=[])
     params = NNAlgorithmParams(central_num_iterations=args.rounds, evaluation_frequency=args.rounds + 1,
                                train_cohort_size=task["clients_per_round"], val_cohort_size=0)
@@ -143,7 +147,7 @@ def main() -> int:
         result = {"side": "pfl", "rows": clock.rows, "initial_model_eval": clock.initial, "init_checksum": common.init_checksum(init),
                   "in_process_seconds": time.perf_counter() - T_START,
                   "versions": {p: md.version(p) for p in ("pfl", "torch", "numpy")},
-                  "threads": torch.get_num_threads(), "world_size": dist.world_size,
+                  "threads": torch.get_num_threads(), "world_size": dist.world_size, "precision": args.precision,
                   "processes": f"{dist.world_size} torchrun workers (gloo) + the torchrun agent"}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

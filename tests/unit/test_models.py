@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -52,3 +53,34 @@ def test_unknown_model_is_clear_error():
     import pytest
     with pytest.raises(ValueError, match="cnn4"):
         build_model("resnet", 1, 28, 10, seed=0)
+
+
+def _plain_order(model: nn.Module) -> nn.Sequential:
+    """The same layers in the textbook order conv-BN-ReLU-maxpool (ReLU before the pool)."""
+    layers = list(model.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(1), model.classifier)
+
+
+@pytest.mark.parametrize("name,shape,dtype", [("cnn4", (1, 28), torch.float32), ("cnn8", (3, 32), torch.float32),
+                                              ("cnn4", (1, 28), torch.float64), ("cnn4", (1, 28), torch.bfloat16)])
+def test_relu_after_the_pool_gives_the_same_values_and_gradients_as_the_plain_order(name, shape, dtype):
+    model = build_model(name, shape[0], shape[1], 10, seed=3).to(dtype)
+    assert any(isinstance(a, nn.MaxPool2d) and isinstance(b, nn.ReLU)
+               for a, b in zip(model.features, list(model.features)[1:]))
+    plain = _plain_order(model)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, shape[0], shape[1], shape[1], generator=gen).to(dtype)
+    x[:, :, :4, :4] = 0.0  # windows that are all zero after BN's shift do not matter; exact ties do
+    outs, grads = [], []
+    for net in (model, plain):
+        for p in model.parameters():
+            p.grad = None
+        out = net(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
