@@ -16,6 +16,7 @@ Sides:
           flwr.simulation.run_simulation, one CPU per ClientApp (Ray actors), central evaluation every round
   pfl     pfl[pytorch] (pfl-research): torchrun --standalone --nproc_per_node PFL_PROCS
           benchmarks/peers/pfl_fedavg.py, simulated FederatedAveraging with CentralEvaluationCallback
+  pfl-compile  (only when named) pfl as above with its own option use_torch_compile=True
 
 Precisions (every side runs once per precision; fp32 first, then bf16):
   ours    `precision=bf16` (autocast for local training and evaluation; docs/precision.md)
@@ -245,14 +246,14 @@ def side_flower(args, work: Path, precision: str) -> dict:
             "env_packages": versions}
 
 
-def side_pfl(args, work: Path, precision: str) -> dict:
+def side_pfl(args, work: Path, precision: str, compile_model: bool = False) -> dict:
     env, versions = ensure_env("pfl", args.pfl_version, [f"pfl[pytorch]=={args.pfl_version}"],
                                ["pfl.model.pytorch", "torch"], args.reinstall, work)
-    stem = work / f"pfl-{precision}"
-    out = work / f"pfl-{precision}_result.json"
+    stem = work / f"pfl{'-compile' if compile_model else ''}-{precision}"
+    out = stem.with_name(stem.name + "_result.json")
     cmd = [str(env / "bin" / "torchrun"), "--standalone", "--nproc_per_node", str(args.pfl_procs),
            str(PEERS / "pfl_fedavg.py"), "--task", str(work / "task.json"), "--rounds", str(args.rounds),
-           "--out", str(out), "--precision", precision]
+           "--out", str(out), "--precision", precision] + (["--compile"] if compile_model else [])
     rc, wall = run_cmd(cmd, stem, args.timeout)
     res = peer_result(rc, out, args.rounds, stem.with_suffix(".err"))
     return {"command": cmd, "wall": wall, "env": str(env), **res, "versions": pick(versions, res["versions"]),
@@ -336,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default: the config's, 20)")
     ap.add_argument("--quick", action="store_true", help="2 rounds: a smoke test")
-    ap.add_argument("--sides", default="ours,flower,pfl", help="comma-separated subset of ours,flower,pfl")
+    ap.add_argument("--sides", default="ours,flower,pfl",
+                    help="comma-separated subset of ours,flower,pfl,pfl-compile (pfl-compile: pfl with its own "
+                         "use_torch_compile=True, not run by default)")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="comma-separated subset of fp32,bf16 (default both; each side runs once per precision)")
     ap.add_argument("--ranks", type=int, default=3, help="MPI ranks of our side (default 3: server + 2)")
@@ -351,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=7200.0, help="seconds per side (default 7200)")
     args = ap.parse_args(argv)
     sides_wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = set(sides_wanted) - {"ours", "flower", "pfl"}
+    unknown = set(sides_wanted) - {"ours", "flower", "pfl", "pfl-compile"}
     if unknown or not sides_wanted:
-        ap.error(f"--sides: unknown {sorted(unknown)}; choose from ours,flower,pfl")
+        ap.error(f"--sides: unknown {sorted(unknown)}; choose from ours,flower,pfl,pfl-compile")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         ap.error(f"--precisions {args.precisions!r}: choose from fp32,bf16")
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sides: dict[str, dict] = {}
     runs = {"ours": lambda p: side_ours(args, cfg_path, work, p), "flower": lambda p: side_flower(args, work, p),
-            "pfl": lambda p: side_pfl(args, work, p)}
+            "pfl": lambda p: side_pfl(args, work, p), "pfl-compile": lambda p: side_pfl(args, work, p, True)}
     for precision, name in [(p, n) for p in precisions for n in sides_wanted]:
         key = side_key(name, precision)
         log(f"--- side {key}")
@@ -390,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{key} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
         rec = {"status": "ok", "precision": precision, **rec, **summarize(rec)}
-        rec["version"] = rec["versions"].get({"ours": "fedmrn_mpi", "flower": "flwr", "pfl": "pfl"}[name], "-")
-        rec["processes_short"] = {"ours": f"{args.ranks} ranks", "flower": f"1+{rec.get('ray_actors', '?')} actors",
-                                  "pfl": f"{rec.get('world_size', '?')} workers"}[name]
+        rec["version"] = rec["versions"].get({"ours": "fedmrn_mpi", "flower": "flwr"}.get(name, "pfl"), "-")
+        rec["processes_short"] = {"ours": f"{args.ranks} ranks", "flower": f"1+{rec.get('ray_actors', '?')} actors"
+                                  }.get(name, f"{rec.get('world_size', '?')} workers")
         if name == "ours":
             rec["init_checksum"], rec["same_initial_model"] = init_ours, "reference"
         elif "init_checksum" in rec:

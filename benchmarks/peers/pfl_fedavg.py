@@ -107,6 +107,8 @@ def main() -> int:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: pfl's own mixed precision, PyTorchModel(amp_dtype=torch.bfloat16), which autocasts "
                          "local training and evaluation")
+    ap.add_argument("--compile", action="store_true",
+                    help="pfl's own use_torch_compile=True (torch.compile of the model in every process)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = common.load_task(args.task)
@@ -129,7 +131,8 @@ def main() -> int:
     net.load_state_dict(init.state_dict())
     model = PyTorchModel(model=net, local_optimizer_create=torch.optim.SGD,
                          central_optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
-                         amp_dtype=torch.bfloat16 if args.precision == "bf16" else None)
+                         amp_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+                         use_torch_compile=args.compile)
     backend = SimulatedBackend(training_data=train_data, val_data=None, postprocessors=[])
     params = NNAlgorithmParams(central_num_iterations=args.rounds, evaluation_frequency=args.rounds + 1,
                                train_cohort_size=task["clients_per_round"], val_cohort_size=0)
@@ -148,6 +151,7 @@ def main() -> int:
                   "in_process_seconds": time.perf_counter() - T_START,
                   "versions": {p: md.version(p) for p in ("pfl", "torch", "numpy")},
                   "threads": torch.get_num_threads(), "world_size": dist.world_size, "precision": args.precision,
+                  "torch_compile": args.compile,
                   "processes": f"{dist.world_size} torchrun workers (gloo) + the torchrun agent"}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
