@@ -237,7 +237,7 @@ def side_flower(args, work: Path, precision: str) -> dict:
     env, versions = ensure_env("flower", args.flower_version, [f"flwr[simulation]=={args.flower_version}"],
                                ["flwr.simulation", "ray", "torch"], args.reinstall, work)
     stem = work / f"flower-{precision}"
-    out = work / f"flower-{precision}_result.json"
+    out = stem.with_name(stem.name + "_result.json")
     cmd = [str(env / "bin" / "python"), str(PEERS / "flower_app.py"), "--task", str(work / "task.json"),
            "--rounds", str(args.rounds), "--out", str(out), "--precision", precision]
     rc, wall = run_cmd(cmd, stem, args.timeout, {"FLWR_TELEMETRY_ENABLED": "0"})

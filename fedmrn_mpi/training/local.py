@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..algorithms import Algorithm, ClientContext
-from ..models import forward
-from .precision import autocast, full_precision
+from .precision import logits
 from ..rng.seeds import derive_seed, torch_generator
 from .bn_recalibrate import recalibrate_upload
 
@@ -219,9 +218,8 @@ def train_steps(model: nn.Module, runs: list[ClientRun], settings: LocalTraining
 def _forward_backward(model: nn.Module, run: ClientRun, params: dict[str, torch.Tensor], settings: LocalTraining):
     """One client's forward (train mode: BN statistics update `run.problem.buffers` in place) and gradients."""
     xb, yb = run.batch()
-    with autocast(settings.precision, xb.device):
-        logits = forward(model, {**params, **run.problem.buffers}, settings.transform(xb))
-    loss = F.cross_entropy(full_precision(logits), yb)
+    loss = F.cross_entropy(logits(model, {**params, **run.problem.buffers}, settings.transform(xb),
+                                  settings.precision), yb)
     return torch.autograd.grad(loss, run.leaves), loss
 
 

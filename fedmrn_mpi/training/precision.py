@@ -15,6 +15,16 @@ import contextlib
 from typing import ContextManager
 
 import torch
+from torch import nn
+
+from ..models import forward
+
+
+def logits(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor, precision: str) -> torch.Tensor:
+    """`model` run with `tensors` on `x` (models.forward) under `precision`'s autocast, logits ready for the loss:
+    the one forward of local training and of evaluation."""
+    with autocast(precision, x.device):
+        return full_precision(forward(model, tensors, x))
 
 
 def full_precision(logits: torch.Tensor) -> torch.Tensor:
