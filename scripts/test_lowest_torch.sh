@@ -10,6 +10,13 @@
 # nvidia-* libraries). The CPU-only wheels of download.pytorch.org would be smaller but are not reachable
 # from every CI machine. A re-run reuses the environment: nothing is installed when its torch is already the
 # right version and neither setup.py nor fedmrn_mpi/compat.py has changed since the last install.
+#
+# Disk: the environment takes about 5 GB. pip keeps every wheel it downloads until its command ends, and by
+# default also a second copy in its cache, so one `pip install torch==...` needs about 2.8 GB more than that
+# at its peak, and leaves 2.8 GB behind in ~/.cache/pip. Here the large wheels (torch, triton, the CUDA
+# libraries) are installed one command each, without pip's cache: the peak is the environment plus the
+# largest single wheel. MIN_FREE_GB (default 7) is checked first, so that a full disk is a clear message
+# and not an OSError in the middle of pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-torch-lowest}
@@ -33,16 +40,37 @@ if [ -x "$py" ] && [ "$(installed_torch)" = "$TORCH_LOWEST" ] && [ "$(cat "$stam
 else
   echo "test_lowest_torch.sh: installing torch==$TORCH_LOWEST and this package into $VENV"
   [ -x "$py" ] || "$PYTHON" -m venv "$VENV"
-  "$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  free_gb=$(df -P -BG "$VENV" | awk 'NR==2 {sub("G", "", $4); print $4}')
+  if [ "$(installed_torch)" != "$TORCH_LOWEST" ] && [ "$free_gb" -lt "${MIN_FREE_GB:-7}" ]; then
+    echo "test_lowest_torch.sh: $VENV needs about ${MIN_FREE_GB:-7} GB free on its disk (torch $TORCH_LOWEST with" \
+         "its CUDA libraries, installed one wheel at a time); only $free_gb GB are free" >&2
+    exit 1
+  fi
+  "$py" -m pip install -q --no-cache-dir --upgrade pip >/dev/null 2>&1 || true
   # torch pinned next to the package, so that the resolver never trades it for a newer one; the test extra's
   # unpinned triton then resolves to the one this torch pins (torch 2.11: triton==3.6.0). No mpich extra: the
   # unit tests start no MPI job and any MPI library serves them (a site Open MPI or MPICH).
-  "$py" -m pip install -q "torch==$TORCH_LOWEST" -e ".[test,report]"
+  reqs=("torch==$TORCH_LOWEST" -e ".[test,report]")
+  # what pip would install, resolved without downloading a wheel (PyPI serves each wheel's metadata apart)
+  "$py" -m pip install -q --no-cache-dir --dry-run --ignore-installed --report "$VENV/.install-report.json" "${reqs[@]}"
+  large=$("$py" - "$VENV/.install-report.json" <<'PY'
+import json, re, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    name, version = item["metadata"]["name"], item["metadata"]["version"]
+    if re.match(r"(torch|triton|nvidia[-_]|cuda[-_])", name, re.IGNORECASE):
+        print(f"{name}=={version}")
+PY
+)
+  for req in $large; do
+    "$py" -m pip install -q --no-cache-dir --no-deps "$req"
+  done
+  # the rest, and a check that the large ones already installed are what the resolver wants
+  "$py" -m pip install -q --no-cache-dir "${reqs[@]}"
   # mpi4py's wheel finds no MPI library of its own: its import then raises (RuntimeError "cannot load MPI
   # library") and nothing of this package imports. Only then take the mpich wheel (37 MB installed).
   if ! "$py" -c 'from mpi4py import MPI' >/dev/null 2>&1; then
     echo "test_lowest_torch.sh: no MPI library found by mpi4py; installing the mpich wheel"
-    "$py" -m pip install -q mpich
+    "$py" -m pip install -q --no-cache-dir mpich
   fi
   # Triton < 3.7's CPU interpreter (the kernel tests without a GPU) fails under NumPy >= 2.4; compat.py knows
   # which combinations and names the NumPy to use (it is a test-tool limit: compiled kernels are unaffected)
@@ -50,7 +78,7 @@ else
 print(compat.interpreter_numpy_pin() if compat.triton_interpreter_problem() else "")')
   if [ -n "$pin" ]; then
     echo "test_lowest_torch.sh: this Triton's interpreter needs $pin (fedmrn_mpi/compat.py)"
-    "$py" -m pip install -q "$pin"
+    "$py" -m pip install -q --no-cache-dir "$pin"
   fi
   got=$(installed_torch)
   if [ "$got" != "$TORCH_LOWEST" ]; then
