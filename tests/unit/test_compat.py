@@ -46,7 +46,6 @@ def test_the_lowest_torch_script_stops_with_a_message_when_the_disk_is_too_full(
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(r"needs about 1000000 GB free on its disk .* only \d+ GB are free", proc.stderr), proc.stderr
-    assert not (venv / "bin" / "torch").exists()
     assert not list(venv.glob("lib/python*/site-packages/torch"))
 
 
